@@ -1,0 +1,7 @@
+"""`python -m vpnd`."""
+
+import sys
+
+from vpnd.service import main
+
+sys.exit(main())

@@ -1,0 +1,98 @@
+"""The daemon's settings: defaults, /etc/vpnd/vpnd.toml, then command-line options."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from vpnd.errors import InvalidArgument
+
+DEFAULT_CONFIG_FILE = Path("/etc/vpnd/vpnd.toml")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything an administrator can set."""
+
+    state_dir: Path = Path("/var/lib/vpnd")
+    runtime_dir: Path = Path("/run/vpnd")
+    # A PEM bundle trusted in addition to the system's CAs (a private portal CA).
+    ca_file: Path | None = None
+    openvpn: str = "openvpn"
+    client_id: str = "org.eduvpn.app.linux"
+    # Seconds for one HTTP exchange with a server; below the 25 s D-Bus call timeout.
+    http_timeout: float = 15.0
+    # Seconds the loopback redirect waits for the user to finish in the browser.
+    authorization_timeout: float = 300.0
+    # Seconds openvpn may take from start to CONNECTED before the attempt fails.
+    connect_timeout: float = 60.0
+    log_level: str = "info"
+
+
+_PATH_KEYS = {"state_dir", "runtime_dir", "ca_file"}
+_FLOAT_KEYS = {"http_timeout", "authorization_timeout", "connect_timeout"}
+_STR_KEYS = {"openvpn", "client_id", "log_level"}
+_CLIENT_IDS = {"org.eduvpn.app.linux", "org.letsconnect-vpn.app.linux"}
+_LOG_LEVELS = {"debug", "info", "warning", "error"}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    if key in _PATH_KEYS:
+        if not isinstance(value, str) or not value.startswith("/"):
+            raise InvalidArgument(f"{source}: {key} must be an absolute path")
+        return Path(value)
+    if key in _FLOAT_KEYS:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise InvalidArgument(f"{source}: {key} must be a positive number of seconds")
+        return float(value)
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"{source}: {key} must be a non-empty string")
+    if key == "client_id" and value not in _CLIENT_IDS:
+        raise InvalidArgument(
+            f"{source}: client_id must be one of {', '.join(sorted(_CLIENT_IDS))}"
+        )
+    if key == "log_level" and value not in _LOG_LEVELS:
+        raise InvalidArgument(
+            f"{source}: log_level must be one of {', '.join(sorted(_LOG_LEVELS))}"
+        )
+    return value
+
+
+def parse(text: str, source: str = "vpnd.toml") -> dict[str, Any]:
+    """Read settings from TOML text; unknown keys and bad values are errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"{source}: not valid TOML ({exc})") from None
+    known = {f.name for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise InvalidArgument(f"{source}: unknown setting {key!r}")
+        values[key] = _coerce(key, value, source)
+    return values
+
+
+def load(config_file: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings from the config file (the default one may be absent) and overrides."""
+    settings = Settings()
+    path = config_file or DEFAULT_CONFIG_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if config_file is not None:
+            raise InvalidArgument(f"{path}: no such config file") from None
+        text = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"{path}: cannot read config file ({exc})") from None
+    settings = replace(settings, **parse(text, str(path)))
+    if overrides:
+        settings = replace(
+            settings,
+            **{k: _coerce(k, v, "command line") for k, v in overrides.items() if v is not None},
+        )
+    if settings.ca_file is not None and not settings.ca_file.is_file():
+        raise InvalidArgument(f"ca_file {settings.ca_file} does not exist")
+    return settings

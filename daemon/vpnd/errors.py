@@ -1,0 +1,110 @@
+"""The daemon's error tree.
+
+Every error the daemon reports is one of these. Each class names the D-Bus
+error it becomes on the bus (`dbus_name`), and its message is written for a
+person: it says what went wrong and, where there is one, what to do next.
+Nothing else (no traceback, no secret) crosses the bus.
+"""
+
+from __future__ import annotations
+
+PREFIX = "org.vpnd.Error."
+
+
+class VpndError(Exception):
+    """Base of every error the daemon reports."""
+
+    dbus_name = PREFIX + "Failed"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(VpndError):
+    """An argument from a caller or a setting in a config file is malformed."""
+
+    dbus_name = PREFIX + "InvalidArgument"
+
+
+class NotFound(VpndError):
+    """No server, profile or connection matches what the caller named."""
+
+    dbus_name = PREFIX + "NotFound"
+
+
+class AlreadyExists(VpndError):
+    """The caller has already added this server."""
+
+    dbus_name = PREFIX + "AlreadyExists"
+
+
+class NotAuthorized(VpndError):
+    """The caller is not allowed to do this (another user's object, polkit said no)."""
+
+    dbus_name = PREFIX + "NotAuthorized"
+
+
+class AuthorizationRequired(VpndError):
+    """The server has no (more) valid authorization; the user must log in."""
+
+    dbus_name = PREFIX + "AuthorizationRequired"
+
+
+class AuthorizationFailed(VpndError):
+    """An OAuth authorization attempt failed (state mismatch, denied, bad token reply)."""
+
+    dbus_name = PREFIX + "AuthorizationFailed"
+
+
+class ServerUnreachable(VpndError):
+    """The server could not be reached: DNS, refused connection, TLS failure, timeout."""
+
+    dbus_name = PREFIX + "ServerUnreachable"
+
+
+class ServerError(VpndError):
+    """The server answered, but with an error or with a document we cannot use."""
+
+    dbus_name = PREFIX + "ServerError"
+
+
+class ConfigRejected(VpndError):
+    """The VPN configuration the server sent is refused by the allow-list."""
+
+    dbus_name = PREFIX + "ConfigRejected"
+
+
+class TunnelFailed(VpndError):
+    """openvpn could not bring the tunnel up, or it went down on its own."""
+
+    dbus_name = PREFIX + "TunnelFailed"
+
+
+class Busy(VpndError):
+    """Another operation holds what this call needs (a connection is already up)."""
+
+    dbus_name = PREFIX + "Busy"
+
+
+class StorageFailed(VpndError):
+    """The daemon's state on disk could not be read or written."""
+
+    dbus_name = PREFIX + "StorageFailed"
+
+
+ALL_ERRORS: tuple[type[VpndError], ...] = (
+    VpndError,
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    NotAuthorized,
+    AuthorizationRequired,
+    AuthorizationFailed,
+    ServerUnreachable,
+    ServerError,
+    ConfigRejected,
+    TunnelFailed,
+    Busy,
+    StorageFailed,
+)
