@@ -1,0 +1,106 @@
+"""The loopback redirect: one OAuth callback on 127.0.0.1, then the listener closes.
+
+The user's browser is sent to http://127.0.0.1:{port}/callback by the
+authorization server. We answer that one request (after the daemon knows
+whether the authorization worked, so the page can say so) and stop listening.
+Other paths (a browser asking for /favicon.ico) get 404 and do not end it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+
+log = logging.getLogger("vpnd.auth")
+
+_MAX_HEAD = 8192
+_HEAD_TIMEOUT = 10.0
+_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>vpnd</title></head>
+<body><h1>{title}</h1><p>{text}</p></body></html>
+"""
+
+
+class LoopbackRedirect:
+    """Serves `/callback` once on 127.0.0.1 and an ephemeral port."""
+
+    def __init__(self) -> None:
+        self._server: asyncio.Server | None = None
+        self._query: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._outcome: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
+        self.port = 0
+
+    @property
+    def redirect_uri(self) -> str:
+        """The redirect URI to register in the authorization request."""
+        return f"http://127.0.0.1:{self.port}/callback"
+
+    async def open(self) -> None:
+        """Start listening."""
+        self._server = await asyncio.start_server(self._serve, host="127.0.0.1", port=0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def callback(self) -> str:
+        """The query string of the first /callback request."""
+        return await asyncio.shield(self._query)
+
+    def finish(self, ok: bool, message: str) -> None:
+        """Tell the waiting browser request how the authorization ended."""
+        if not self._outcome.done():
+            self._outcome.set_result((ok, message))
+
+    def close(self) -> None:
+        """Stop listening (idempotent). A browser still waiting is told it failed."""
+        self.finish(False, "The authorization was cancelled.")
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if not self._query.done():
+            self._query.cancel()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(_HEAD_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            writer.close()
+            return
+        if len(head) > _MAX_HEAD:
+            await _reply(writer, 431, "Request too large", "")
+            return
+        request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = request_line.split(" ")
+        if len(parts) != 3 or parts[0] != "GET":
+            await _reply(writer, 405, "Method not allowed", "")
+            return
+        path, _, query = parts[1].partition("?")
+        if path != "/callback":
+            await _reply(writer, 404, "Not found", "")
+            return
+        if self._query.done():
+            await _reply(writer, 410, "Already used", "This authorization link was already used.")
+            return
+        self._query.set_result(query)
+        try:
+            ok, message = await asyncio.wait_for(asyncio.shield(self._outcome), timeout=60)
+        except TimeoutError:
+            ok, message = False, "The daemon did not finish the authorization in time."
+        title = "Authorized" if ok else "Authorization failed"
+        await _reply(writer, 200 if ok else 400, title, message)
+        self.close()
+
+
+async def _reply(writer: asyncio.StreamWriter, status: int, title: str, text: str) -> None:
+    body = _PAGE.format(title=html.escape(title), text=html.escape(text)).encode()
+    head = (
+        f"HTTP/1.1 {status} {title}\r\nContent-Type: text/html; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+    ).encode()
+    try:
+        writer.write(head + body)
+        await writer.drain()
+    except OSError:
+        log.debug("the browser went away before the callback page was sent")
+    finally:
+        writer.close()
