@@ -1,0 +1,62 @@
+"""Settings from TOML and the command line: bad input is a named error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vpnd import config
+from vpnd.errors import InvalidArgument
+
+
+def test_defaults_when_the_default_file_is_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(config, "DEFAULT_CONFIG_FILE", tmp_path / "absent.toml")
+    settings = config.load(None)
+    assert settings.state_dir == Path("/var/lib/vpnd")
+    assert settings.client_id == "org.eduvpn.app.linux"
+
+
+def test_file_then_overrides(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    path = tmp_path / "vpnd.toml"
+    path.write_text(f'state_dir = "/srv/vpnd"\nca_file = "{ca}"\nhttp_timeout = 5\n')
+    settings = config.load(path, {"state_dir": "/tmp/other", "runtime_dir": None})
+    assert settings.state_dir == Path("/tmp/other")
+    assert settings.ca_file == ca
+    assert settings.http_timeout == 5.0
+    assert settings.runtime_dir == Path("/run/vpnd")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("colour = 1", "unknown setting 'colour'"),
+        ("state_dir = 'relative'", "absolute path"),
+        ("http_timeout = -1", "positive number"),
+        ("http_timeout = true", "positive number"),
+        ("client_id = 'evil'", "client_id must be one of"),
+        ("log_level = 'loud'", "log_level must be one of"),
+        ("state_dir = [", "not valid TOML"),
+    ],
+)
+def test_bad_settings_are_named(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "vpnd.toml"
+    path.write_text(text)
+    with pytest.raises(InvalidArgument, match=message):
+        config.load(path)
+
+
+def test_a_named_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="no such config file"):
+        config.load(tmp_path / "nope.toml")
+
+
+def test_a_missing_ca_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "vpnd.toml"
+    path.write_text(f'ca_file = "{tmp_path}/missing.pem"')
+    with pytest.raises(InvalidArgument, match="does not exist"):
+        config.load(path)

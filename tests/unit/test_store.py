@@ -1,0 +1,103 @@
+"""The store: private, atomic, and it never loses what it holds."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from vpnd.errors import StorageFailed
+from vpnd.store.atomic import write_atomic
+from vpnd.store.store import FileSecretStore, ServerRecord, Store, new_server_id
+
+
+def record(owner: int, url: str = "https://vpn.example.org/") -> ServerRecord:
+    return ServerRecord(server_id=new_server_id(), owner=owner, url=url, added_at=1.0)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_servers_round_trip_per_owner(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    a, b = record(1000), record(1001, "https://other.example.org/")
+    store.save_servers(1000, [a])
+    store.save_servers(1001, [b])
+    loaded = {r.server_id: r for r in Store(tmp_path).load_servers()}
+    assert loaded == {a.server_id: a, b.server_id: b}
+
+
+def test_everything_is_root_only(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state")
+    store.save_servers(1000, [record(1000)])
+    store.secrets.set(1000, "0" * 16, "oauth", {"access_token": "secret"})
+    assert mode(tmp_path / "state") == 0o700
+    for path in (tmp_path / "state").rglob("*"):
+        assert mode(path) == (0o700 if path.is_dir() else 0o600), path
+
+
+def test_a_damaged_file_is_kept_aside_and_others_still_load(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    good = record(1001)
+    store.save_servers(1001, [good])
+    store.save_servers(1000, [record(1000)])
+    damaged = tmp_path / "users" / "1000" / "servers.json"
+    damaged.write_text("{not json")
+    assert Store(tmp_path).load_servers() == [good]
+    aside = list(damaged.parent.glob("servers.json.damaged-*"))
+    assert len(aside) == 1 and aside[0].read_text() == "{not json"
+
+
+def test_malformed_records_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(StorageFailed):
+        ServerRecord.from_dict({"server_id": "../../etc", "url": "x", "added_at": 0}, 0)
+    with pytest.raises(StorageFailed):
+        ServerRecord.from_dict({"url": "x"}, 0)
+
+
+def test_secrets_by_name(tmp_path: Path) -> None:
+    secrets = FileSecretStore(tmp_path)
+    sid = new_server_id()
+    assert secrets.get(1000, sid, "oauth") is None
+    secrets.set(1000, sid, "oauth", {"t": 1})
+    secrets.set(1000, sid, "keys", {"k": 2})
+    secrets.delete(1000, sid, "oauth")
+    assert secrets.get(1000, sid, "oauth") is None
+    assert secrets.get(1000, sid, "keys") == {"k": 2}
+    assert secrets.get(1001, sid, "keys") is None
+    secrets.delete_server(1000, sid)
+    assert secrets.get(1000, sid, "keys") is None
+
+
+def test_secret_paths_cannot_escape(tmp_path: Path) -> None:
+    with pytest.raises(StorageFailed):
+        FileSecretStore(tmp_path).set(1000, "../../../etc/x", "oauth", {})
+
+
+def test_a_failed_write_leaves_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "f.json"
+    write_atomic(path, b"old")
+
+    def broken_replace(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        write_atomic(path, b"new")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_write_atomic_refuses_to_follow_a_planted_link(tmp_path: Path) -> None:
+    target = tmp_path / "victim"
+    target.write_text("keep")
+    path = tmp_path / "f.json"
+    (tmp_path / f".f.json.{os.getpid()}.tmp").symlink_to(target)
+    with pytest.raises(OSError):
+        write_atomic(path, b"data")
+    assert target.read_text() == "keep"
