@@ -1,0 +1,306 @@
+"""The D-Bus plumbing of vpnctl: calls, properties and signals, over blocking jeepney.
+
+One `DaemonBus` wraps one connection to the system bus. Signals are caught by
+subscriptions made before the call that causes them, queued while other
+replies are awaited, and handed out with a deadline. Nothing here knows what
+the commands mean; `vpnctl.cli` does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from jeepney import HeaderFields, Message, MessageType
+from jeepney.bus_messages import MatchRule, message_bus
+from jeepney.io.blocking import DBusConnection, open_dbus_connection
+from jeepney.low_level import Array, DictEntry, Struct, Variant, parse_signature
+from jeepney.wrappers import DBusAddress, new_method_call
+
+from vpnctl.contract import BUS_NAME, PROPERTIES_INTERFACE
+from vpnctl.errors import NO_ANSWER_MESSAGE, UNREACHABLE_MESSAGE, BusError, BusUnreachable
+
+# The customary D-Bus method call timeout; vpnd promises to answer well within it.
+CALL_TIMEOUT = 25.0
+
+_BUS_DAEMON = "org.freedesktop.DBus"
+
+
+class Signal:
+    """A signal received from vpnd."""
+
+    __slots__ = ("body", "interface", "member", "path")
+
+    def __init__(self, path: str, interface: str, member: str, body: tuple[Any, ...]) -> None:
+        self.path = path
+        self.interface = interface
+        self.member = member
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"Signal({self.path!r}, {self.interface!r}, {self.member!r}, {self.body!r})"
+
+
+class Subscription:
+    """Signals from vpnd that match a rule, queued until taken with `DaemonBus.next_signal`."""
+
+    def __init__(
+        self,
+        *,
+        path: str | None,
+        path_namespace: str | None,
+        interface: str | None,
+        member: str | None,
+    ) -> None:
+        self.path = path
+        self.path_namespace = path_namespace
+        self.interface = interface
+        self.member = member
+        self.queue: deque[Signal] = deque()
+
+    def rule(self) -> str:
+        """The match rule that asks the bus to route these signals to us."""
+        return str(
+            MatchRule(
+                type="signal",
+                sender=BUS_NAME,
+                path=self.path,
+                path_namespace=self.path_namespace,
+                interface=self.interface,
+                member=self.member,
+            ).serialise()
+        )
+
+    def matches(self, signal: Signal) -> bool:
+        """Whether the signal is one this subscription asked for."""
+        if self.path is not None and signal.path != self.path:
+            return False
+        if self.path_namespace is not None and not (
+            signal.path == self.path_namespace or signal.path.startswith(self.path_namespace + "/")
+        ):
+            return False
+        if self.interface is not None and signal.interface != self.interface:
+            return False
+        return self.member is None or signal.member == self.member
+
+    def clear(self) -> None:
+        """Drop what is queued: after reading state afresh, older signals would go back in time."""
+        self.queue.clear()
+
+
+def plain_values(signature: str, values: Sequence[Any]) -> tuple[Any, ...]:
+    """Message values of a signature with every variant replaced by its value.
+
+    jeepney hands a variant over as (signature, value); callers of this module
+    get plain Python values: dicts, lists, tuples for structs.
+    """
+    pending = list(signature)
+    types = []
+    while pending:
+        types.append(parse_signature(pending))
+    return tuple(_plain(kind, value) for kind, value in zip(types, values, strict=True))
+
+
+def _plain(kind: Any, value: Any) -> Any:
+    if isinstance(kind, Variant):
+        inner_signature, inner = value
+        (plain,) = plain_values(inner_signature, (inner,))
+        return plain
+    if isinstance(kind, Array):
+        element = kind.elt_type
+        if isinstance(element, DictEntry):
+            value_kind = element.fields[1]
+            return {key: _plain(value_kind, item) for key, item in value.items()}
+        if isinstance(value, bytes):
+            return value
+        return [_plain(element, item) for item in value]
+    if isinstance(kind, Struct):
+        return tuple(_plain(field, item) for field, item in zip(kind.fields, value, strict=True))
+    return value
+
+
+class DaemonBus:
+    """A blocking connection to vpnd on the system bus."""
+
+    def __init__(self, connection: DBusConnection) -> None:
+        self._connection = connection
+        self._subscriptions: list[Subscription] = []
+        # vpnd's unique name, learned from its replies: signals from anyone else
+        # are ignored, and its leaving the bus ends every wait.
+        self._daemon: str | None = None
+        self._watching_owner = False
+        self._daemon_gone = False
+
+    @classmethod
+    def open(cls) -> DaemonBus:
+        """Connect to the system bus (DBUS_SYSTEM_BUS_ADDRESS, or the standard socket)."""
+        try:
+            connection = open_dbus_connection(bus="SYSTEM")
+        except (OSError, ValueError, RuntimeError) as error:
+            # Missing socket, refused connection, failed authentication, an
+            # address with no usable transport: all mean the same to a user.
+            raise BusUnreachable(UNREACHABLE_MESSAGE) from error
+        return cls(connection)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._connection.close()
+
+    def __enter__(self) -> DaemonBus:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def call(
+        self,
+        path: str,
+        interface: str,
+        method: str,
+        signature: str = "",
+        *args: Any,
+        timeout: float = CALL_TIMEOUT,
+    ) -> tuple[Any, ...]:
+        """Call a method of vpnd and return its reply's values, variants unwrapped.
+
+        Variant arguments are given as (signature, value). Raises BusError for
+        an error reply and BusUnreachable when vpnd does not answer.
+        """
+        address = DBusAddress(path, bus_name=BUS_NAME, interface=interface)
+        message = new_method_call(address, method, signature or None, args)
+        reply = self._send_and_wait(message, timeout)
+        self._daemon = reply.header.fields.get(HeaderFields.sender, self._daemon)
+        return _plain_body(reply)
+
+    def get(self, path: str, interface: str, name: str) -> Any:
+        """One property of an object of vpnd."""
+        (value,) = self.call(path, PROPERTIES_INTERFACE, "Get", "ss", interface, name)
+        return value
+
+    def get_all(self, path: str, interface: str) -> dict[str, Any]:
+        """All properties of an object of vpnd, as plain values."""
+        (properties,) = self.call(path, PROPERTIES_INTERFACE, "GetAll", "s", interface)
+        return dict(properties)
+
+    def subscribe(
+        self,
+        *,
+        path: str | None = None,
+        path_namespace: str | None = None,
+        interface: str | None = None,
+        member: str | None = None,
+    ) -> Subscription:
+        """Start queueing vpnd's signals that match; do it before the call that causes them."""
+        if self._daemon is None:
+            (self._daemon,) = self._call_bus("GetNameOwner", "s", BUS_NAME)
+        if not self._watching_owner:
+            owner_rule = MatchRule(
+                type="signal",
+                sender=_BUS_DAEMON,
+                interface=_BUS_DAEMON,
+                member="NameOwnerChanged",
+            )
+            owner_rule.add_arg_condition(0, BUS_NAME)
+            self._call_bus("AddMatch", "s", owner_rule.serialise())
+            self._watching_owner = True
+        subscription = Subscription(
+            path=path, path_namespace=path_namespace, interface=interface, member=member
+        )
+        self._call_bus("AddMatch", "s", subscription.rule())
+        self._subscriptions.append(subscription)
+        return subscription
+
+    def next_signal(self, subscription: Subscription, deadline: float) -> Signal:
+        """The next signal for the subscription, waiting until the monotonic deadline.
+
+        Raises TimeoutError when the deadline passes first, and BusUnreachable
+        when vpnd leaves the bus or the bus connection breaks.
+        """
+        while not subscription.queue:
+            if self._daemon_gone:
+                raise BusUnreachable(
+                    "vpnd left the system bus while vpnctl was waiting "
+                    "(did it stop or crash? `systemctl status vpnd`)"
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            self._dispatch(self._receive(remaining))
+        return subscription.queue.popleft()
+
+    def _call_bus(self, method: str, signature: str, *args: Any) -> tuple[Any, ...]:
+        message = new_method_call(message_bus, method, signature, args)
+        return tuple(self._send_and_wait(message, CALL_TIMEOUT).body)
+
+    def _send_and_wait(self, message: Message, timeout: float) -> Message:
+        serial = next(self._connection.outgoing_serial)
+        try:
+            self._connection.send(message, serial=serial)
+        except OSError as error:
+            raise BusUnreachable(UNREACHABLE_MESSAGE) from error
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BusUnreachable(NO_ANSWER_MESSAGE)
+            try:
+                incoming = self._receive(remaining)
+            except TimeoutError:
+                raise BusUnreachable(NO_ANSWER_MESSAGE) from None
+            if incoming.header.fields.get(HeaderFields.reply_serial) != serial:
+                self._dispatch(incoming)
+                continue
+            if incoming.header.message_type is MessageType.error:
+                raise _bus_error(incoming)
+            return incoming
+
+    def _receive(self, timeout: float) -> Message:
+        try:
+            return self._connection.receive(timeout=timeout)
+        except TimeoutError:
+            raise  # an OSError too, but one the caller handles
+        except OSError as error:
+            raise BusUnreachable("lost the connection to the system bus") from error
+
+    def _dispatch(self, message: Message) -> None:
+        """Queue a signal for the subscriptions it matches; drop anything else."""
+        header = message.header
+        if header.message_type is not MessageType.signal:
+            return
+        fields = header.fields
+        sender = fields.get(HeaderFields.sender)
+        interface = fields.get(HeaderFields.interface, "")
+        member = fields.get(HeaderFields.member, "")
+        if sender == _BUS_DAEMON:
+            if member == "NameOwnerChanged" and message.body[0] == BUS_NAME:
+                _name, old_owner, _new_owner = message.body
+                if old_owner == self._daemon:
+                    self._daemon_gone = True
+            return
+        if sender != self._daemon:
+            return
+        signal = Signal(fields.get(HeaderFields.path, ""), interface, member, _plain_body(message))
+        for subscription in self._subscriptions:
+            if subscription.matches(signal):
+                subscription.queue.append(signal)
+
+
+def _plain_body(message: Message) -> tuple[Any, ...]:
+    return plain_values(message.header.fields.get(HeaderFields.signature, ""), message.body)
+
+
+def _bus_error(reply: Message) -> BusError:
+    name = str(
+        reply.header.fields.get(HeaderFields.error_name, "org.freedesktop.DBus.Error.Failed")
+    )
+    body = reply.body
+    message = body[0] if body and isinstance(body[0], str) else ""
+    return BusError(name, message)

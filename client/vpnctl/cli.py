@@ -1,0 +1,477 @@
+"""vpnctl's command line: argument parsing, the commands, and main().
+
+The commands talk to vpnd through `vpnctl.bus.DaemonBus` and draw their
+output with `vpnctl.render`. The bus module (and jeepney with it) is imported
+only once a command runs, so `--help` and usage errors stay cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any, NoReturn
+
+from vpnctl import render
+from vpnctl.contract import (
+    CONNECTED,
+    CONNECTION_INTERFACE,
+    CONNECTIONS_PATH,
+    DISCONNECTED,
+    ERROR_PREFIX,
+    FAILED,
+    MANAGER_INTERFACE,
+    MANAGER_PATH,
+    PROPERTIES_INTERFACE,
+    SERVER_INTERFACE,
+    TERMINAL_STATES,
+)
+from vpnctl.errors import (
+    EXIT_CODES_HELP,
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    BusError,
+    UsageError,
+    VpnctlError,
+    WaitTimeout,
+    describe,
+    named_error,
+)
+
+if TYPE_CHECKING:
+    from vpnctl.bus import DaemonBus, Subscription
+
+Handler = Callable[["DaemonBus", argparse.Namespace, IO[str]], int]
+
+CONNECT_TIMEOUT = 60.0
+DISCONNECT_TIMEOUT = 30.0
+LOGIN_TIMEOUT = 600.0
+
+_LOCALE_VARIABLES = ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")
+
+
+# --- pure helpers ---------------------------------------------------------
+
+
+def choose_locale(environ: Mapping[str, str]) -> str:
+    """The user's locale for display names: the first set of LANGUAGE, LC_ALL,
+    LC_MESSAGES, LANG; "" (the server's default) for none, C or POSIX."""
+    for variable in _LOCALE_VARIABLES:
+        value = environ.get(variable, "")
+        if variable == "LANGUAGE":
+            # A priority list ("nl_NL:nl:en"); the daemon takes one locale.
+            value = next((part for part in value.split(":") if part), "")
+        if value:
+            if value.split(".")[0] in ("C", "POSIX"):
+                return ""
+            return value
+    return ""
+
+
+def choose_profile(profiles: Sequence[Mapping[str, Any]]) -> str:
+    """The profile to connect with when none was asked for: the server's only one."""
+    ids = [str(profile.get("profile_id", "")) for profile in profiles]
+    if len(ids) == 1:
+        return ids[0]
+    if not ids:
+        raise VpnctlError("the server offers no profiles to connect with")
+    raise UsageError(
+        "the server has several profiles; choose one with --profile: " + ", ".join(ids)
+    )
+
+
+def connection_changes(
+    signal_interface: str, member: str, body: Sequence[Any]
+) -> dict[str, Any] | None:
+    """What a signal on a connection object says changed; None when it says nothing
+    about Connection1, {} when properties were invalidated and must be read again."""
+    if signal_interface == PROPERTIES_INTERFACE and member == "PropertiesChanged":
+        interface, changed, invalidated = body
+        if interface != CONNECTION_INTERFACE:
+            return None
+        return {} if invalidated else dict(changed)
+    if signal_interface == CONNECTION_INTERFACE and member == "StateChanged":
+        state, error, message = body
+        return {"State": state, "Error": error, "ErrorMessage": message}
+    return None
+
+
+# --- argument parsing -----------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one line that points to the help."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print one line on stderr and exit with the usage status."""
+        self.exit(EXIT_USAGE, f"vpnctl: {message} (see `{self.prog} --help`)\n")
+
+
+class _VersionAction(argparse.Action):
+    """--version, reading the installed version only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show vpnctl's version and exit")
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("vpnd")
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+        sys.stdout.write(f"vpnctl {version}\n")
+        parser.exit()
+
+
+def _timeout(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError("the timeout must be more than 0 seconds")
+    return seconds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser for vpnctl's command line; each command sets `handler`."""
+    parser = _Parser(
+        prog="vpnctl",
+        description="Control vpnd, the VPN daemon, on the system bus.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action=_VersionAction)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    server_help = "the server's URL, or an unambiguous part of it such as its host name"
+
+    sub = command("add", _cmd_add, "add an eduVPN / Let's Connect! server")
+    sub.add_argument("url", metavar="URL", help="the server's https URL")
+
+    sub = command("list", _cmd_list, "list your servers and their authorization")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+
+    sub = command("login", _cmd_login, "authorize vpnd to use a server, in your browser")
+    sub.add_argument("server", metavar="SERVER", help=server_help)
+    sub.add_argument(
+        "--no-browser", action="store_true", help="only print the address to open, do not open it"
+    )
+    sub.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=LOGIN_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long to wait for the login to finish (default {LOGIN_TIMEOUT:g})",
+    )
+
+    sub = command("profiles", _cmd_profiles, "list the VPN profiles a server offers")
+    sub.add_argument("server", metavar="SERVER", help=server_help)
+    sub.add_argument("--json", action="store_true", help="print JSON")
+
+    sub = command("connect", _cmd_connect, "connect to a server")
+    sub.add_argument("server", metavar="SERVER", help=server_help)
+    sub.add_argument(
+        "--profile", metavar="ID", help="the profile to use (needed if the server has several)"
+    )
+    sub.add_argument("--tcp", action="store_true", help="prefer OpenVPN over TCP")
+    sub.add_argument(
+        "--no-wait", action="store_true", help="return once the connection has started"
+    )
+    sub.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=CONNECT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long to wait for the tunnel (default {CONNECT_TIMEOUT:g})",
+    )
+
+    sub = command("status", _cmd_status, "show the current connection")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+
+    sub = command("disconnect", _cmd_disconnect, "disconnect the current connection")
+    sub.add_argument(
+        "--no-wait", action="store_true", help="return without waiting for the tunnel to close"
+    )
+    sub.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=DISCONNECT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long to wait for the tunnel to close (default {DISCONNECT_TIMEOUT:g})",
+    )
+
+    sub = command("remove", _cmd_remove, "forget a server with its authorization")
+    sub.add_argument("server", metavar="SERVER", help=server_help)
+    return parser
+
+
+# --- commands -------------------------------------------------------------
+
+
+def _find_server(bus: DaemonBus, query: str) -> str:
+    (path,) = bus.call(MANAGER_PATH, MANAGER_INTERFACE, "FindServer", "s", query)
+    return str(path)
+
+
+def _write(out: IO[str], text: str) -> None:
+    out.write(text + "\n")
+
+
+def _cmd_add(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
+    (path,) = bus.call(MANAGER_PATH, MANAGER_INTERFACE, "AddServer", "s", args.url)
+    properties = bus.get_all(path, SERVER_INTERFACE)
+    _write(out, f"Added {properties.get('Url', args.url)}")
+    _write(out, f"Log in with: vpnctl login {properties.get('Host') or args.url}")
+    return EXIT_OK
+
+
+def _cmd_remove(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
+    path = _find_server(bus, args.server)
+    url = bus.get(path, SERVER_INTERFACE, "Url")
+    bus.call(MANAGER_PATH, MANAGER_INTERFACE, "RemoveServer", "o", path)
+    _write(out, f"Removed {url}")
+    return EXIT_OK
+
+
+def _cmd_list(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
+    (servers,) = bus.call(MANAGER_PATH, MANAGER_INTERFACE, "ListServers")
+    records = render.server_records(servers)
+    _write(
+        out, render.to_json(records) if args.json else render.render_servers(records, time.time())
+    )
+    return EXIT_OK
+
+
+def _get_profiles(bus: DaemonBus, path: str) -> list[dict[str, Any]]:
+    (profiles,) = bus.call(path, SERVER_INTERFACE, "GetProfiles", "s", choose_locale(os.environ))
+    return list(profiles)
+
+
+def _cmd_profiles(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
+    records = render.profile_records(_get_profiles(bus, _find_server(bus, args.server)))
+    _write(out, render.to_json(records) if args.json else render.render_profiles(records))
+    return EXIT_OK
+
+
+def _active_connection(bus: DaemonBus) -> tuple[str, dict[str, Any] | None]:
+    """The active connection's path and properties; None for none, or one that just went."""
+    path = str(bus.get(MANAGER_PATH, MANAGER_INTERFACE, "ActiveConnection"))
+    if path == "/":
+        return path, None
+    try:
+        return path, bus.get_all(path, CONNECTION_INTERFACE)
+    except BusError as error:
+        # The connection may have gone between the two calls.
+        if error.name != "org.freedesktop.DBus.Error.UnknownObject":
+            raise
+        return path, None
+
+
+def _cmd_status(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
+    record = render.status_record(*_active_connection(bus))
+    _write(out, render.to_json(record) if args.json else render.render_status(record, time.time()))
+    return EXIT_OK
+
+
+def _cmd_login(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
+    path = _find_server(bus, args.server)
+    # Subscribed before Authorize: a quick login must not finish unseen.
+    finished = bus.subscribe(path=path, interface=SERVER_INTERFACE, member="AuthorizationFinished")
+    (url,) = bus.call(path, SERVER_INTERFACE, "Authorize")
+    if args.no_browser:
+        _write(out, f"Open this address in a browser to log in:\n{url}")
+    else:
+        _write(out, f"Opening the login page in your browser. If nothing opens, visit:\n{url}")
+    # The address must be on screen (or in the pipe) before the wait starts.
+    out.flush()
+    if not args.no_browser:
+        import webbrowser
+
+        # When no browser can be started, the address printed above is the way.
+        with contextlib.suppress(webbrowser.Error, OSError):
+            webbrowser.open(url)
+    if out.isatty():
+        _write(out, "Waiting for the login to finish (Ctrl-C stops waiting)…")
+        out.flush()
+    deadline = time.monotonic() + args.timeout
+    try:
+        signal = bus.next_signal(finished, deadline)
+    except TimeoutError:
+        raise WaitTimeout(
+            f"the login did not finish within {args.timeout:g} s; "
+            f"run `vpnctl login {args.server}` to try again"
+        ) from None
+    success, error, message = signal.body
+    if not success:
+        raise named_error(error or ERROR_PREFIX + "AuthorizationFailed", message)
+    _write(out, f"Logged in to {bus.get(path, SERVER_INTERFACE, 'Url')}")
+    return EXIT_OK
+
+
+def _follow_connection(
+    bus: DaemonBus,
+    subscription: Subscription,
+    path: str,
+    until: frozenset[str],
+    deadline: float,
+    progress: Callable[[Mapping[str, Any]], None],
+) -> dict[str, Any]:
+    """Follow a connection's properties until its State is in `until`; return them.
+
+    Raises TimeoutError when the deadline passes first.
+    """
+    properties = bus.get_all(path, CONNECTION_INTERFACE)
+    # Whatever was queued before that answer is older than it.
+    subscription.clear()
+    progress(properties)
+    while properties.get("State") not in until:
+        signal = bus.next_signal(subscription, deadline)
+        if signal.path != path:
+            continue
+        changes = connection_changes(signal.interface, signal.member, signal.body)
+        if changes is None:
+            continue
+        if changes:
+            properties.update(changes)
+        else:
+            properties = bus.get_all(path, CONNECTION_INTERFACE)
+        progress(properties)
+    return properties
+
+
+def _progress_printer(out: IO[str]) -> Callable[[Mapping[str, Any]], None]:
+    """Print State (Detail) as it changes, on a terminal only."""
+    if not out.isatty():
+        return lambda properties: None
+    shown: list[str] = []
+
+    def show(properties: Mapping[str, Any]) -> None:
+        line = render.describe_state(
+            str(properties.get("State", "")), str(properties.get("Detail") or "") or None
+        )
+        if not shown or shown[-1] != line:
+            shown.append(line)
+            _write(out, "  " + line)
+            out.flush()
+
+    return show
+
+
+def _cmd_connect(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
+    server = _find_server(bus, args.server)
+    profile = args.profile or choose_profile(_get_profiles(bus, server))
+    # The connection's path is known only after Connect returns, but its first
+    # changes may come before: listen to all connections, filter later.
+    changes = bus.subscribe(path_namespace=CONNECTIONS_PATH)
+    (path,) = bus.call(
+        server, SERVER_INTERFACE, "Connect", "sa{sv}", profile, {"prefer_tcp": ("b", args.tcp)}
+    )
+    if args.no_wait:
+        _write(out, f"Connecting with profile {profile}; follow it with `vpnctl status`")
+        return EXIT_OK
+    if out.isatty():
+        _write(out, f"Connecting with profile {profile}…")
+    deadline = time.monotonic() + args.timeout
+    try:
+        properties = _follow_connection(
+            bus,
+            changes,
+            path,
+            TERMINAL_STATES | {CONNECTED},
+            deadline,
+            _progress_printer(out),
+        )
+    except TimeoutError:
+        state = bus.get(path, CONNECTION_INTERFACE, "State")
+        raise WaitTimeout(
+            f"the tunnel did not come up within {args.timeout:g} s (it is still {state}); "
+            "see `vpnctl status`, or stop it with `vpnctl disconnect`"
+        ) from None
+    state = properties.get("State")
+    if state == FAILED:
+        message = str(properties.get("ErrorMessage") or "the connection failed")
+        raise named_error(str(properties.get("Error", "")), message)
+    if state == DISCONNECTED:
+        raise VpnctlError("the connection was closed before the tunnel came up")
+    record = render.status_record(path, properties)
+    addresses = ", ".join(a for a in (record["tunnel_ip"], record["tunnel_ipv6"]) if a)
+    where = record["server_url"] or args.server
+    _write(
+        out,
+        f"Connected to {where} (profile {record['profile'] or profile})"
+        + (f", tunnel IP {addresses}" if addresses else ""),
+    )
+    return EXIT_OK
+
+
+def _cmd_disconnect(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
+    path, properties = _active_connection(bus)
+    if properties is None or properties.get("State") in TERMINAL_STATES:
+        _write(out, "Not connected.")
+        return EXIT_OK
+    changes = bus.subscribe(path=path)
+    bus.call(MANAGER_PATH, MANAGER_INTERFACE, "Disconnect")
+    if args.no_wait:
+        _write(out, "Disconnecting.")
+        return EXIT_OK
+    try:
+        _follow_connection(
+            bus, changes, path, TERMINAL_STATES, time.monotonic() + args.timeout, lambda p: None
+        )
+    except TimeoutError:
+        raise WaitTimeout(
+            f"the tunnel did not close within {args.timeout:g} s; see `vpnctl status`"
+        ) from None
+    _write(out, "Disconnected.")
+    return EXIT_OK
+
+
+# --- entry point ----------------------------------------------------------
+
+
+def run(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
+    """Run the parsed command against vpnd; expected failures raise VpnctlError or BusError."""
+    handler: Handler = args.handler
+    return handler(bus, args, out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """vpnctl's entry point: the exit status; expected failures print one line on stderr."""
+    args = build_parser().parse_args(argv)
+    try:
+        from vpnctl.bus import DaemonBus
+
+        with DaemonBus.open() as bus:
+            return run(bus, args, sys.stdout)
+    except (VpnctlError, BusError, KeyboardInterrupt) as error:
+        code, line = describe(error)
+        print(line, file=sys.stderr)
+        return code
+    except BrokenPipeError:
+        # `vpnctl list | head -1`: the reader left. Say nothing, not even at exit.
+        _silence_stdout()
+        return EXIT_FAILURE
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush stays quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
