@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from vpnd.errors import ServerError
 from vpnd.http import HttpClient, Response
 from vpnd.protocols import eduvpn, oauth
 from vpnd.protocols.eduvpn import Endpoints, IssuedConfig, Profile
@@ -26,7 +27,10 @@ class EduVPNProvider:
             follow_redirects=True,
         )
         if reply.status != 200:
-            raise eduvpn.api_error(reply.status, reply.body)
+            raise ServerError(
+                f"{base_url} does not look like an eduVPN or Let's Connect! server"
+                f" (its discovery document answered HTTP {reply.status})"
+            )
         return eduvpn.parse_well_known(reply.body)
 
     async def profiles(self, endpoints: Endpoints, access_token: str) -> list[Profile]:

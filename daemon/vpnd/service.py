@@ -1,0 +1,169 @@
+"""The daemon's entry point: settings, logging, the bus name, sd_notify, signals, shutdown."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vpnd import __version__, config
+from vpnd.errors import VpndError
+
+log = logging.getLogger("vpnd")
+
+BUS_NAME = "org.vpnd.Daemon"
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="vpnd", description="VPN connection daemon, driven over D-Bus (see vpnctl)."
+    )
+    parser.add_argument("--config", type=Path, help="settings file (default /etc/vpnd/vpnd.toml)")
+    parser.add_argument("--state-dir", help="where servers and tokens are kept (/var/lib/vpnd)")
+    parser.add_argument("--runtime-dir", help="sockets and runtime files (/run/vpnd)")
+    parser.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity"
+    )
+    parser.add_argument("--version", action="version", version=f"vpnd {__version__}")
+    return parser.parse_args(argv)
+
+
+def _under_systemd() -> bool:
+    # systemd sets JOURNAL_STREAM when stdout/stderr go to the journal.
+    return bool(os.environ.get("JOURNAL_STREAM")) and bool(os.environ.get("INVOCATION_ID"))
+
+
+def _setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    handler: logging.Handler
+    if _under_systemd():
+        from systemd.journal import JournalHandler
+
+        handler = JournalHandler(SYSLOG_IDENTIFIER="vpnd")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("vpnd[%(process)d] %(levelname)s %(name)s: %(message)s")
+        )
+    root.addHandler(handler)
+
+
+def _notifier() -> Callable[[str], None]:
+    """sd_notify when started by systemd (NOTIFY_SOCKET set), else nothing."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return lambda _state: None
+    from systemd import daemon
+
+    def notify(state: str) -> None:
+        # A service manager that went away must not take the daemon with it.
+        try:
+            daemon.notify(state)
+        except OSError as exc:
+            log.warning("sd_notify(%s) failed: %s", state.split("=", 1)[0], exc)
+
+    return notify
+
+
+def _prepare_runtime_dir(path: Path) -> None:
+    """Own the runtime dir (0700) and remove what a crashed earlier run left in it."""
+    from vpnd.store.atomic import ensure_private_dir
+
+    ensure_private_dir(path)
+    for leftover in path.glob("*.sock"):
+        log.info("removing %s left by an earlier run", leftover.name)
+        leftover.unlink(missing_ok=True)
+
+
+async def run(settings: config.Settings) -> int:
+    """Serve on the system bus until SIGTERM/SIGINT; return the exit status."""
+    from dbus_fast import BusType, RequestNameReply
+    from dbus_fast.aio import MessageBus
+
+    from vpnd.bus.objects import BusFrontend
+    from vpnd.http import HttpClient
+    from vpnd.manager import Manager
+    from vpnd.providers.eduvpn import EduVPNProvider
+    from vpnd.store.store import Store
+    from vpnd.tunnel.openvpn import Tunnel, TunnelEvent, TunnelSettings
+
+    notify = _notifier()
+    _prepare_runtime_dir(settings.runtime_dir)
+    store = Store(settings.state_dir)
+    http = HttpClient(ca_file=settings.ca_file, timeout=settings.http_timeout)
+    tunnel_settings = TunnelSettings(runtime_dir=settings.runtime_dir, openvpn=settings.openvpn)
+
+    def new_tunnel(name: str, text: str, on_event: Callable[[TunnelEvent], None]) -> Tunnel:
+        return Tunnel(name, text, tunnel_settings, on_event)
+
+    try:
+        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    except (OSError, ValueError) as exc:
+        log.error("cannot connect to the system bus: %s", exc)
+        return 1
+    frontend = BusFrontend(bus)
+    manager = Manager(settings, store, EduVPNProvider(http), new_tunnel, frontend)
+    frontend.attach(manager)
+    manager.load()
+    reply = await bus.request_name(BUS_NAME)
+    if reply is not RequestNameReply.PRIMARY_OWNER:
+        log.error("%s is already owned by another process (%s); is vpnd running?", BUS_NAME, reply)
+        bus.disconnect()
+        return 1
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    disconnected = asyncio.ensure_future(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
+    disconnected.add_done_callback(lambda _f: stop.set())
+
+    notify("READY=1\nSTATUS=Serving on the system bus")
+    log.info("vpnd %s ready on the system bus as %s", __version__, BUS_NAME)
+    await stop.wait()
+
+    notify("STOPPING=1")
+    log.info("stopping")
+    try:
+        async with asyncio.timeout(15):
+            await manager.shutdown()
+    except TimeoutError:
+        log.error("shutting down took too long; exiting anyway")
+    await http.aclose()
+    if not disconnected.done():
+        bus.disconnect()
+        disconnected.cancel()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point."""
+    args = _parse_args(argv)
+    overrides: dict[str, Any] = {
+        "state_dir": str(Path(args.state_dir).absolute()) if args.state_dir else None,
+        "runtime_dir": str(Path(args.runtime_dir).absolute()) if args.runtime_dir else None,
+        "log_level": args.log_level,
+    }
+    try:
+        settings = config.load(args.config, overrides)
+    except VpndError as exc:
+        print(f"vpnd: {exc.message}", file=sys.stderr)
+        return 2
+    _setup_logging(settings.log_level)
+    if os.geteuid() != 0:
+        log.warning("not running as root: openvpn will not be able to create tunnels")
+    try:
+        return asyncio.run(run(settings))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
