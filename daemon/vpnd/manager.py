@@ -432,7 +432,7 @@ class Manager:
                 log.warning(
                     "dropped directives from %s's configuration: %s",
                     server.host,
-                    ", ".join(sorted(set(config.dropped))),
+                    ", ".join(config.dropped),
                 )
             tunnel = self._tunnel_factory(
                 f"conn{connection.conn_id}",

@@ -1,0 +1,205 @@
+"""The whole product with a real tunnel: vpnd, vpnctl, the portal and an openvpn server.
+
+add → login (scripted browser) → connect → ping through the tunnel → status →
+disconnect, and what must be left behind: nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from tests.lab.daemon import VpndProcess, vpnctl
+from tests.lab.netns import OpenVPNLab
+from tests.lab.portal import TestPortal
+
+pytestmark = pytest.mark.e2e
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}"
+    return result.stdout
+
+
+def failed(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def status(env: dict[str, str]) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(ok(vpnctl(["status", "--json"], env)))
+    return data
+
+
+def tun_devices() -> set[str]:
+    out = subprocess.run(
+        ["ip", "-o", "link", "show", "type", "tun"], capture_output=True, text=True, check=True
+    )
+    return {line.split(":")[1].strip() for line in out.stdout.splitlines()}
+
+
+def openvpn_children(vpnd: VpndProcess) -> list[str]:
+    out = subprocess.run(
+        ["pgrep", "-P", str(vpnd.pid), "-a"], capture_output=True, text=True, check=False
+    )
+    return [line for line in out.stdout.splitlines() if "openvpn" in line]
+
+
+def ping(address: str) -> bool:
+    return (
+        subprocess.run(
+            ["ping", "-c", "1", "-W", "3", address], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
+
+
+def state_files(vpnd: VpndProcess) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(vpnd.state_dir)): p.read_bytes()
+        for p in vpnd.state_dir.rglob("*")
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def logged_in(vpnd: VpndProcess, portal: TestPortal, client_env: dict[str, str]) -> dict[str, str]:
+    ok(vpnctl(["add", portal.base_url], client_env))
+    ok(vpnctl(["login", portal.host], client_env))
+    return client_env
+
+
+def test_connect_ping_status_disconnect(
+    vpnd: VpndProcess, portal: TestPortal, openvpn_lab: OpenVPNLab, logged_in: dict[str, str]
+) -> None:
+    env = logged_in
+    tuns_before = tun_devices()
+    ok(vpnctl(["connect", portal.host, "--profile", "employees"], env))
+    assert portal.connect_calls[-1]["profile_id"] == "employees"
+    assert portal.connect_calls[-1]["prefer_tcp"] == "no"
+
+    assert ping(openvpn_lab.tunnel_gateway_udp)
+    now = status(env)
+    assert now["state"] == "connected"
+    assert now["profile"] == "employees"
+    assert now["server_url"] == portal.base_url
+    assert ipaddress.ip_address(now["tunnel_ip"]) in ipaddress.ip_network(
+        openvpn_lab.tunnel_subnet("udp")
+    )
+    # The portal's Expires header is the session expiry.
+    assert abs(now["session_expiry"] - (time.time() + portal.session_seconds)) < 120
+    assert len(openvpn_children(vpnd)) == 1
+    ours = tun_devices() - tuns_before
+    assert len(ours) == 1
+    # Neither the config (with its key) nor a listening management socket stays on disk:
+    # openvpn connects back to vpnd once, and the socket is unlinked right after.
+    assert list(vpnd.runtime_dir.iterdir()) == []
+
+    human = ok(vpnctl(["status"], env))
+    assert now["tunnel_ip"] in human
+
+    ok(vpnctl(["disconnect"], env))
+    assert status(env)["state"] == "disconnected"
+    assert openvpn_children(vpnd) == []
+    assert not ours & tun_devices()
+    assert list(vpnd.runtime_dir.iterdir()) == []
+    assert portal.disconnect_calls == 1
+
+
+def test_connect_over_tcp(
+    vpnd: VpndProcess, portal: TestPortal, openvpn_lab: OpenVPNLab, logged_in: dict[str, str]
+) -> None:
+    ok(vpnctl(["connect", portal.host, "--profile", "guests", "--tcp"], logged_in))
+    assert portal.connect_calls[-1]["prefer_tcp"] == "yes"
+    now = status(logged_in)
+    assert now["state"] == "connected"
+    assert now["remote"].endswith(str(openvpn_lab.tcp_port))
+    assert ping(openvpn_lab.tunnel_gateway_tcp)
+    ok(vpnctl(["disconnect"], logged_in))
+
+
+def test_a_second_connect_is_refused_while_connected(
+    vpnd: VpndProcess, portal: TestPortal, logged_in: dict[str, str]
+) -> None:
+    ok(vpnctl(["connect", portal.host, "--profile", "employees"], logged_in))
+    line = failed(vpnctl(["connect", portal.host, "--profile", "guests"], logged_in))
+    assert "vpnctl disconnect" in line
+    assert status(logged_in)["profile"] == "employees"
+    ok(vpnctl(["disconnect"], logged_in))
+
+
+def test_an_unknown_profile_is_named(
+    vpnd: VpndProcess, portal: TestPortal, logged_in: dict[str, str]
+) -> None:
+    before = state_files(vpnd)
+    line = failed(vpnctl(["connect", portal.host, "--profile", "nope"], logged_in))
+    assert "profile" in line
+    assert status(logged_in)["error"] == "org.vpnd.Error.NotFound"
+    assert openvpn_children(vpnd) == []
+    assert state_files(vpnd) == before
+
+
+def test_a_config_without_ca_is_refused_before_openvpn_runs(
+    vpnd: VpndProcess, portal: TestPortal, logged_in: dict[str, str]
+) -> None:
+    portal.fault = "connect_bad_config"
+    line = failed(vpnctl(["connect", portal.host, "--profile", "employees"], logged_in))
+    assert "ca" in line
+    assert status(logged_in)["error"] == "org.vpnd.Error.ConfigRejected"
+    assert openvpn_children(vpnd) == []
+    assert list(vpnd.runtime_dir.iterdir()) == []
+
+
+def test_openvpn_exiting_early_is_named_and_cleaned_up(
+    vpnd: VpndProcess, portal: TestPortal, logged_in: dict[str, str]
+) -> None:
+    before = state_files(vpnd)
+    tuns_before = tun_devices()
+    # Allowed by the allow-list, refused by openvpn itself at start-up.
+    portal.config_filter = lambda text: text.replace(
+        "data-ciphers AES-256-GCM", "data-ciphers NO-SUCH-CIPHER"
+    )
+    line = failed(vpnctl(["connect", portal.host, "--profile", "employees"], logged_in))
+    assert "openvpn" in line
+    now = status(logged_in)
+    assert now["state"] == "failed"
+    assert now["error"] == "org.vpnd.Error.TunnelFailed"
+    assert openvpn_children(vpnd) == []
+    assert list(vpnd.runtime_dir.iterdir()) == []
+    assert tun_devices() <= tuns_before
+    # Session expiry aside, what was stored is untouched.
+    assert {k for k in state_files(vpnd)} == set(before)
+
+
+def test_disconnect_while_connecting(
+    vpnd: VpndProcess, portal: TestPortal, openvpn_lab: OpenVPNLab, logged_in: dict[str, str]
+) -> None:
+    # A remote that never answers keeps openvpn connecting.
+    portal.config_filter = lambda text: re.sub(r"(?m)^remote .*$", "remote 127.0.0.1 9 udp", text)
+    ok(vpnctl(["connect", portal.host, "--profile", "employees", "--no-wait"], logged_in))
+    assert status(logged_in)["state"] in {"preparing", "connecting"}
+    ok(vpnctl(["disconnect"], logged_in))
+    assert status(logged_in)["state"] == "disconnected"
+    assert openvpn_children(vpnd) == []
+    assert list(vpnd.runtime_dir.iterdir()) == []
+
+
+def test_stopping_the_daemon_tears_the_tunnel_down(
+    vpnd: VpndProcess, portal: TestPortal, logged_in: dict[str, str]
+) -> None:
+    tuns_before = tun_devices()
+    ok(vpnctl(["connect", portal.host, "--profile", "employees"], logged_in))
+    ours = tun_devices() - tuns_before
+    assert len(ours) == 1
+    assert vpnd.stop() == 0
+    assert not ours & tun_devices()
+    assert portal.disconnect_calls == 1
+    vpnd.start()  # for the fixture's own clean stop
