@@ -40,10 +40,13 @@ def status(env: dict[str, str]) -> dict[str, Any]:
 
 
 def tun_devices() -> set[str]:
+    """tun devices as "index:name", so a device recreated under the same name counts as new."""
     out = subprocess.run(
         ["ip", "-o", "link", "show", "type", "tun"], capture_output=True, text=True, check=True
     )
-    return {line.split(":")[1].strip() for line in out.stdout.splitlines()}
+    return {
+        ":".join(part.strip() for part in line.split(":")[:2]) for line in out.stdout.splitlines()
+    }
 
 
 def openvpn_children(vpnd: VpndProcess) -> list[str]:
