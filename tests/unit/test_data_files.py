@@ -1,0 +1,279 @@
+"""The files installed beside the daemon: bus policy, activation file, unit file, polkit actions."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+BUS_POLICY = DATA / "dbus" / "org.vpnd.Daemon.conf"
+ACTIVATION = DATA / "dbus" / "org.vpnd.Daemon.service"
+INTROSPECTION = DATA / "dbus" / "org.vpnd.Daemon.xml"
+UNIT = DATA / "systemd" / "vpnd.service"
+POLKIT = DATA / "polkit-1" / "org.vpnd.policy"
+
+BUS_NAME = "org.vpnd.Daemon"
+STANDARD_INTERFACES = {
+    "org.freedesktop.DBus.Properties",
+    "org.freedesktop.DBus.Introspectable",
+    "org.freedesktop.DBus.Peer",
+    "org.freedesktop.DBus.ObjectManager",
+}
+POLKIT_ACTIONS = {
+    "org.vpnd.connect",
+    "org.vpnd.manage-own-servers",
+    "org.vpnd.manage-system-servers",
+}
+POLKIT_RESULTS = {"no", "yes", "auth_self", "auth_admin", "auth_self_keep", "auth_admin_keep"}
+# Exposure as `systemd-analyze security` prints it, times ten (its
+# --threshold scale). The unit scores 2.8; more means hardening was lost.
+EXPOSURE_THRESHOLD = 30
+
+
+def parse_unit(text: str) -> dict[str, list[tuple[str, str]]]:
+    """Sections of a systemd-style file, each as (key, value) pairs in order.
+
+    Keys may repeat (DeviceAllow=, SystemCallFilter=), so no dict per section.
+    """
+    sections: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], [])
+            continue
+        assert current is not None, f"setting outside a section: {line!r}"
+        key, sep, value = line.partition("=")
+        assert sep, f"not a key=value line: {line!r}"
+        current.append((key.strip(), value.strip()))
+    return sections
+
+
+def values(section: list[tuple[str, str]], key: str) -> list[str]:
+    return [value for name, value in section if name == key]
+
+
+def single(section: list[tuple[str, str]], key: str) -> str:
+    found = values(section, key)
+    assert len(found) == 1, f"{key}= appears {len(found)} times"
+    return found[0]
+
+
+# -- XML ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [BUS_POLICY, INTROSPECTION, POLKIT], ids=lambda p: p.name)
+def test_xml_files_parse(path: Path) -> None:
+    ET.parse(path)
+
+
+def introspected_interfaces() -> set[str]:
+    root = ET.parse(INTROSPECTION).getroot()
+    return {interface.attrib["name"] for interface in root.iter("interface")}
+
+
+def policy_rules(context: str) -> list[ET.Element]:
+    root = ET.parse(BUS_POLICY).getroot()
+    rules: list[ET.Element] = []
+    for policy in root.findall("policy"):
+        if policy.attrib.get("context") == context or policy.attrib.get("user") == context:
+            rules.extend(policy)
+    return rules
+
+
+def test_bus_policy_opens_exactly_the_daemon_interfaces() -> None:
+    allowed = {
+        rule.attrib["send_interface"]
+        for rule in policy_rules("default")
+        if rule.tag == "allow" and rule.attrib.get("send_destination") == BUS_NAME
+    }
+    assert allowed == introspected_interfaces() | STANDARD_INTERFACES
+    assert {"org.vpnd.Manager1", "org.vpnd.Server1", "org.vpnd.Connection1"} <= allowed
+
+
+def test_bus_policy_closes_the_destination_before_opening_it() -> None:
+    rules = policy_rules("default")
+    # Within one context a later rule wins, so the blanket deny must come first.
+    first_deny = next(
+        index
+        for index, rule in enumerate(rules)
+        if rule.tag == "deny" and rule.attrib == {"send_destination": BUS_NAME}
+    )
+    first_allow = next(
+        index
+        for index, rule in enumerate(rules)
+        if rule.tag == "allow" and rule.attrib.get("send_destination") == BUS_NAME
+    )
+    assert first_deny < first_allow
+
+
+def test_only_root_may_own_the_name() -> None:
+    root = ET.parse(BUS_POLICY).getroot()
+    owners = [
+        policy.attrib
+        for policy in root.findall("policy")
+        for rule in policy
+        if rule.tag == "allow" and rule.attrib.get("own") == BUS_NAME
+    ]
+    assert owners == [{"user": "root"}]
+    assert any(
+        rule.tag == "deny" and rule.attrib == {"own": BUS_NAME} for rule in policy_rules("default")
+    )
+    assert not any(rule.tag == "allow" and "own_prefix" in rule.attrib for rule in root.iter())
+
+
+def test_polkit_actions_exist_with_valid_defaults() -> None:
+    root = ET.parse(POLKIT).getroot()
+    assert root.tag == "policyconfig"
+    actions = {action.attrib["id"]: action for action in root.findall("action")}
+    assert set(actions) == POLKIT_ACTIONS
+    for action_id, action in actions.items():
+        assert (action.findtext("description") or "").strip(), action_id
+        assert (action.findtext("message") or "").strip(), action_id
+        defaults = action.find("defaults")
+        assert defaults is not None, action_id
+        given = {child.tag: (child.text or "").strip() for child in defaults}
+        assert set(given) == {"allow_any", "allow_inactive", "allow_active"}, action_id
+        assert set(given.values()) <= POLKIT_RESULTS, action_id
+
+
+def test_polkit_defaults() -> None:
+    root = ET.parse(POLKIT).getroot()
+    defaults = {
+        action.attrib["id"]: {child.tag: child.text for child in action.iterfind("defaults/*")}
+        for action in root.findall("action")
+    }
+    assert defaults["org.vpnd.connect"]["allow_active"] == "yes"
+    assert defaults["org.vpnd.connect"]["allow_any"] == "auth_admin"
+    assert defaults["org.vpnd.manage-own-servers"]["allow_active"] == "yes"
+    assert set(defaults["org.vpnd.manage-system-servers"].values()) == {"auth_admin_keep"}
+
+
+# -- systemd unit and activation file -----------------------------------------
+
+
+def test_unit_is_a_notify_service_owning_the_bus_name() -> None:
+    service = parse_unit(UNIT.read_text())["Service"]
+    assert single(service, "Type") == "notify"
+    assert single(service, "NotifyAccess") == "main"
+    assert single(service, "BusName") == BUS_NAME
+    assert single(service, "ExecStart") == "/usr/bin/vpnd"
+    assert single(service, "StateDirectory") == "vpnd"
+    assert single(service, "RuntimeDirectory") == "vpnd"
+    assert single(service, "StateDirectoryMode") == "0700"
+    assert single(service, "RuntimeDirectoryMode") == "0700"
+    assert single(service, "ConfigurationDirectory") == "vpnd"
+
+
+def test_unit_leaves_openvpn_what_it_needs() -> None:
+    service = parse_unit(UNIT.read_text())["Service"]
+    capabilities = set(" ".join(values(service, "CapabilityBoundingSet")).split())
+    assert "CAP_NET_ADMIN" in capabilities
+    assert "CAP_SYS_ADMIN" not in capabilities
+    assert "/dev/net/tun rw" in values(service, "DeviceAllow")
+    assert single(service, "DevicePolicy") == "closed"
+    families = set(single(service, "RestrictAddressFamilies").split())
+    assert families == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
+    # PrivateNetwork or PrivateDevices would take away the host network or /dev/net/tun.
+    assert values(service, "PrivateNetwork") in ([], ["no"])
+    assert values(service, "PrivateDevices") in ([], ["no"])
+
+
+def test_activation_file_hands_over_to_the_unit() -> None:
+    unit = parse_unit(UNIT.read_text())["Service"]
+    activation = parse_unit(ACTIVATION.read_text())["D-BUS Service"]
+    assert ACTIVATION.name == BUS_NAME + ".service"
+    assert single(activation, "Name") == single(unit, "BusName")
+    assert single(activation, "SystemdService") == UNIT.name
+    assert single(activation, "Exec") == single(unit, "ExecStart")
+    assert single(activation, "User") == "root"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is missing")
+def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
+    # verify insists that ExecStart exists; the daemon is not installed here,
+    # so check a copy that starts an existing binary instead.
+    text = "".join(
+        "ExecStart=/bin/true\n" if line.startswith("ExecStart=") else line
+        for line in UNIT.read_text().splitlines(keepends=True)
+    )
+    copy = tmp_path / UNIT.name
+    copy.write_text(text)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, check=False
+    )
+    # Unknown or misspelt settings are only warned about, so any output fails.
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is missing")
+def test_unit_hardening_score() -> None:
+    result = subprocess.run(
+        [
+            "systemd-analyze",
+            "security",
+            "--offline=yes",
+            f"--threshold={EXPOSURE_THRESHOLD}",
+            "--no-pager",
+            str(UNIT),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+
+
+# A child process forbids itself writable+executable memory (the kernel's
+# PR_SET_MDWE, close to what MemoryDenyWriteExecute= enforces) and then
+# loads everything the daemon loads.
+MDWE_CHECK = """
+import ctypes, importlib, mmap, pkgutil, sys
+if sys.argv[1:] == ["--mdwe"]:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+        sys.exit(77)
+    try:
+        mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    except OSError:
+        pass
+    else:
+        sys.exit("writable+executable memory was still allowed")
+for name in ["dbus_fast", "httpx", "nacl.public", "cryptography.x509", "jeepney",
+             "keyring", "systemd.journal", "systemd.daemon"]:
+    importlib.import_module(name)
+import vpnd
+for module in pkgutil.walk_packages(vpnd.__path__, "vpnd."):
+    if module.name != "vpnd.__main__":
+        importlib.import_module(module.name)
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+key = ec.generate_private_key(ec.SECP256R1())
+key.sign(b"vpnd", ec.ECDSA(hashes.SHA256()))
+import nacl.public
+nacl.public.PrivateKey.generate()
+"""
+
+
+def test_daemon_runs_without_writable_executable_memory() -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", MDWE_CHECK, *args], capture_output=True, text=True, check=False
+        )
+
+    result = run("--mdwe")
+    if result.returncode == 77:
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3 or later)")
+    if result.returncode != 0 and run().returncode != 0:
+        pytest.fail(
+            "the daemon's modules fail to import even without the restriction:\n"
+            + result.stderr[-3000:]
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
