@@ -480,7 +480,12 @@ class Manager:
             connection.settled.set()
         if after is not before:
             log.info("connection %d: %s -> %s", connection.conn_id, before, after)
-            self._listener.connection_changed(connection, {"state"})
+            changed = {"state"}
+            if connection.machine.finished and connection.detail:
+                # Detail is openvpn's step while connecting; it means nothing once it ended.
+                connection.detail = ""
+                changed.add("detail")
+            self._listener.connection_changed(connection, changed)
 
     def _on_tunnel_event(self, connection: Connection, event: TunnelEvent) -> None:
         if connection.machine.finished:
@@ -502,7 +507,7 @@ class Manager:
 
     def _on_openvpn_state(self, connection: Connection, event: StateEvent) -> None:
         changed = {"detail"}
-        connection.detail = event.name
+        connection.detail = "" if event.name == "CONNECTED" else event.name
         if event.name == "EXITING":
             # The exit itself (TunnelExited) decides what this means.
             self._listener.connection_changed(connection, changed)

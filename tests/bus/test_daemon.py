@@ -255,6 +255,39 @@ def test_an_http_url_is_refused_and_nothing_changes(
     assert state_files(vpnd) == before
 
 
+def test_discovery_follows_redirects_to_https_only(
+    vpnd: VpndProcess, portal: TestPortal, client_env: dict[str, str]
+) -> None:
+    moved = f"https://localhost:{portal.port}/moved/"
+    ok(vpnctl(["add", moved], client_env))
+    ok(vpnctl(["login", "moved"], client_env))
+    before = state_files(vpnd)
+    line = failed(vpnctl(["add", f"https://localhost:{portal.port}/insecure/"], client_env))
+    assert "only https" in line
+    assert state_files(vpnd) == before
+
+
+def test_a_ca_given_by_ssl_cert_file_is_trusted(
+    tmp_path: Path,
+    private_bus: PrivateSystemBus,
+    portal: TestPortal,
+    client_env: dict[str, str],
+    lab_pki: Any,
+) -> None:
+    env = {**private_bus.env({}), "SSL_CERT_FILE": str(lab_pki.ca_path)}
+    with VpndProcess(tmp_path / "vpnd", env) as daemon:
+        ok(vpnctl(["add", portal.base_url], client_env))
+        assert "Traceback" not in daemon.log()
+
+
+def test_an_untrusted_certificate_is_named(
+    tmp_path: Path, private_bus: PrivateSystemBus, portal: TestPortal, client_env: dict[str, str]
+) -> None:
+    with VpndProcess(tmp_path / "vpnd", private_bus.env({})):
+        line = failed(vpnctl(["add", portal.base_url], client_env))
+        assert "certificate" in line and "not trusted" in line
+
+
 def test_errors_are_named_on_the_bus(vpnd: VpndProcess, private_bus: PrivateSystemBus) -> None:
     out = gdbus(
         private_bus,

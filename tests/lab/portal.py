@@ -282,6 +282,14 @@ class TestPortal:
         url = urlsplit(target)
         routes = {
             ("GET", "/.well-known/vpn-user-portal"): self._well_known,
+            # A server that moved: redirects to this portal's discovery document.
+            ("GET", "/moved/.well-known/vpn-user-portal"): lambda _p, _h: _redirect(
+                f"{self.base_url}.well-known/vpn-user-portal"
+            ),
+            # A hostile or broken server: redirects to plain http.
+            ("GET", "/insecure/.well-known/vpn-user-portal"): lambda _p, _h: _redirect(
+                f"http://{self.host}:{self.port}/.well-known/vpn-user-portal"
+            ),
             ("GET", "/oauth/authorize"): self._authorize_page,
             ("POST", "/oauth/authorize"): self._authorize_decision,
             ("POST", "/oauth/token"): self._token,
