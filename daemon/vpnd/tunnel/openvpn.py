@@ -1,0 +1,619 @@
+"""One openvpn child process, driven over its management socket.
+
+The daemon listens on a unix socket in its runtime directory and openvpn
+connects to it (`--management-client`). That way nothing has to wait for a
+socket file to appear, the daemon can check that the peer is its own child,
+the socket file is gone as soon as openvpn is connected, and openvpn exits by
+itself when the daemon goes away (it treats the end of a client-mode
+management connection as SIGTERM).
+
+The config text is handed to openvpn on its standard input (`--config
+/dev/stdin`), so key material never touches the disk. Options after it on the
+command line override whatever the config says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+import socket
+import struct
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from vpnd.errors import TunnelFailed
+from vpnd.protocols.management import (
+    ByteCountEvent,
+    CommandResult,
+    Event,
+    FatalEvent,
+    HoldEvent,
+    ManagementParser,
+    PasswordEvent,
+    ProtocolViolation,
+    StateEvent,
+    UnexpectedLine,
+    command,
+)
+
+log = logging.getLogger("vpnd.tunnel")
+
+_T = TypeVar("_T")
+
+#: openvpn logs data-channel keys from verb 7 on.
+MAX_VERB = 6
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# sockaddr_un.sun_path is 108 bytes, NUL included.
+_MAX_SOCKET_PATH = 107
+_TAIL_LINES = 20
+
+# --machine-readable-output prefixes each line with "<time> <flags in hex> ".
+_MACHINE_LINE = re.compile(r"[0-9]+\.[0-9]+ ([0-9a-fA-F]+) (.*)", re.DOTALL)
+# openvpn's message flags (error.h).
+_M_FATAL = 1 << 4
+_M_NONFATAL = 1 << 5
+_M_USAGE_SMALL = 1 << 13
+_M_OPTERR = 1 << 15
+_USAGE_HINT = "Use --help for more information."
+
+# Secrets openvpn may echo into its log: arguments of management commands
+# (usernames, challenge responses), challenge responses it sends to the
+# server, and session tokens.
+_REDACTIONS = (
+    (re.compile(r"(MANAGEMENT: CMD '[^' ]*).*"), r"\1 [...]'"),
+    (re.compile(r"(CR_RESPONSE,)[^'\s]*"), r"\1[...]"),
+    (re.compile(r"(auth-token(?:-user)?[ ,])[^,'\s]*"), r"\1[...]"),
+    (re.compile(r"(Auth-Token:)\S*"), r"\1[...]"),
+)
+
+
+def _redact(text: str) -> str:
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+@dataclass(frozen=True)
+class TunnelSettings:
+    """How tunnels are run; the same for every tunnel of a daemon."""
+
+    runtime_dir: Path  # 0700 directory for the management socket
+    openvpn: str = "openvpn"  # binary
+    verb: int = 3
+    bytecount_interval: int = 1  # seconds between >BYTECOUNT events; 0 turns them off
+    start_timeout: float = 10.0  # from spawning openvpn until its hold is released
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.verb <= MAX_VERB:
+            raise ValueError(
+                f"verb must be between 0 and {MAX_VERB}: higher levels log key material"
+            )
+        if self.bytecount_interval < 0:
+            raise ValueError("bytecount_interval cannot be negative")
+        if self.start_timeout <= 0:
+            raise ValueError("start_timeout must be positive")
+
+
+@dataclass(frozen=True)
+class TunnelExited:
+    """Delivered exactly once, when the openvpn process has exited."""
+
+    returncode: int
+    # For a person: "stopped", "authentication failed", the last >FATAL text
+    # or openvpn's last error lines.
+    reason: str
+    requested: bool  # True if stop() asked for it
+
+
+TunnelEvent = StateEvent | ByteCountEvent | FatalEvent | TunnelExited
+
+
+@dataclass(frozen=True)
+class _LogLine:
+    flags: int | None  # None when openvpn printed the line without flags
+    text: str
+
+
+class Tunnel:
+    """One openvpn child process, driven over its management socket.
+
+    `start()` spawns openvpn and returns once it is released from its hold
+    and is connecting; from then on `on_event` gets openvpn's states, byte
+    counts and fatal errors, and finally one `TunnelExited`. That last event
+    comes whenever a process was spawned, also when `start()` fails (before
+    it raises).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: str,
+        settings: TunnelSettings,
+        on_event: Callable[[TunnelEvent], None],
+    ) -> None:
+        """`name` names the socket (letters, digits, `._-`); `config` is sanitized config text."""
+        if _NAME.fullmatch(name) is None:
+            raise ValueError(f"invalid tunnel name {name!r}")
+        self.socket_path: Path = settings.runtime_dir / f"{name}.sock"
+        if len(os.fsencode(self.socket_path)) > _MAX_SOCKET_PATH:
+            raise ValueError(f"socket path {self.socket_path} is too long for a unix socket")
+        #: The openvpn process id once it is spawned (kept after it exited, for logs).
+        self.pid: int | None = None
+        self._name = name
+        self._config = config
+        self._settings = settings
+        self._on_event = on_event
+
+        self._proc: asyncio.subprocess.Process | None = None
+        self._parser = ManagementParser()
+        self._writer: asyncio.StreamWriter | None = None
+        self._management_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._stop_task: asyncio.Task[None] | None = None
+        # Commands go one at a time: the parser pairs replies with commands by order.
+        self._command_lock = asyncio.Lock()
+        self._spawn_lock = asyncio.Lock()
+        self._replies: deque[asyncio.Future[CommandResult]] = deque()
+        self._held = asyncio.Event()
+        self._exited = asyncio.Event()
+
+        self._started = False
+        self._stop_requested = False
+        self._tail: deque[_LogLine] = deque(maxlen=_TAIL_LINES)
+        self._fatal = ""
+        self._auth_failure: str | None = None
+        self._violation: ProtocolViolation | None = None
+        self._exit: TunnelExited | None = None
+
+    # -- public ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Spawn openvpn, take over its management connection and release its hold.
+
+        Raises TunnelFailed, with openvpn's own last error lines in the
+        message, if openvpn exits, does not connect within the settings'
+        `start_timeout`, or stop() is called meanwhile. It cleans up before
+        raising.
+        """
+        if self._started:
+            raise RuntimeError("a Tunnel can be started once")
+        self._started = True
+        async with self._spawn_lock:
+            if self._stop_requested:
+                raise TunnelFailed("the connection was stopped before openvpn started")
+            listener = self._listen()
+            try:
+                await self._spawn()
+            except BaseException:
+                self._close_listener(listener)
+                raise
+        try:
+            async with asyncio.timeout(self._settings.start_timeout):
+                await self._send_config()
+                connection = await self._accept(listener)
+                self._close_listener(listener)
+                await self._handshake(connection)
+            if self._stop_requested:
+                raise TunnelFailed("the connection was stopped while openvpn was starting")
+        except BaseException as error:
+            self._close_listener(listener)
+            await asyncio.shield(self._shutdown())
+            if self._writer is not None:
+                # Opened after openvpn had already exited and been reported.
+                self._writer.close()
+            if not isinstance(error, Exception):
+                raise  # cancelled: openvpn is gone, the cancellation goes on
+            if self._stop_requested:
+                raise TunnelFailed(
+                    "the connection was stopped while openvpn was starting"
+                ) from None
+            if isinstance(error, TimeoutError):
+                raise TunnelFailed(
+                    f"openvpn did not start within {self._settings.start_timeout:g} seconds"
+                    + self._reason_suffix()
+                ) from None
+            if isinstance(error, TunnelFailed):
+                reason = self._exit.reason if self._exit is not None else error.message
+                raise TunnelFailed(f"openvpn could not start: {reason}") from None
+            raise
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Make openvpn exit and wait until it has; idempotent, safe at any point.
+
+        Asks over the management connection first, then sends SIGTERM, and
+        SIGKILL when `timeout` seconds have passed. Returns after
+        TunnelExited was delivered (or at once if openvpn was never spawned).
+        """
+        self._stop_requested = True
+        # A start() that is spawning openvpn right now finishes spawning first.
+        async with self._spawn_lock:
+            pass
+        await asyncio.shield(self._shutdown(timeout))
+
+    # -- process -----------------------------------------------------------
+
+    def _argv(self) -> list[str]:
+        settings = self._settings
+        return [
+            settings.openvpn,
+            "--config",
+            "/dev/stdin",
+            # After the config, so that the config cannot change them.
+            "--management",
+            str(self.socket_path),
+            "unix",
+            "--management-client",
+            "--management-hold",
+            "--management-query-passwords",
+            "--auth-retry",
+            "interact",
+            "--script-security",
+            "1",
+            "--verb",
+            str(settings.verb),
+            "--machine-readable-output",
+        ]
+
+    def _listen(self) -> socket.socket:
+        if not self._settings.runtime_dir.is_dir():
+            raise TunnelFailed(f"the runtime directory {self._settings.runtime_dir} is missing")
+        # A socket left by a run that was killed; names are unique per live tunnel.
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(os.fsencode(self.socket_path))
+            os.chmod(self.socket_path, 0o600)
+            listener.listen(1)
+            listener.setblocking(False)
+        except OSError as error:
+            self._close_listener(listener)
+            raise TunnelFailed(
+                f"cannot create the management socket {self.socket_path}: {error.strerror}"
+            ) from None
+        return listener
+
+    def _close_listener(self, listener: socket.socket) -> None:
+        listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+
+    async def _spawn(self) -> None:
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self._argv(),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                # Keeps a terminal's Ctrl-C away from openvpn: the daemon stops it.
+                start_new_session=True,
+            )
+        except OSError as error:
+            raise TunnelFailed(
+                f"cannot run {self._settings.openvpn}: {error.strerror or error}"
+            ) from None
+        self.pid = self._proc.pid
+        log.info("tunnel %s: openvpn started (pid %d)", self._name, self.pid)
+        self._watch_task = asyncio.create_task(self._watch(self._proc))
+
+    async def _send_config(self) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        stdin = self._proc.stdin
+        try:
+            stdin.write(self._config.encode("utf-8"))
+            await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # openvpn is gone; its exit tells why
+        finally:
+            stdin.close()
+
+    async def _accept(self, listener: socket.socket) -> socket.socket:
+        assert self._proc is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            connection = await self._unless_exited(loop.sock_accept(listener))
+            connection_socket = connection[0]
+            peer_pid = _peer_pid(connection_socket)
+            if peer_pid == self._proc.pid:
+                return connection_socket
+            log.warning(
+                "tunnel %s: refused a management connection from pid %s", self._name, peer_pid
+            )
+            connection_socket.close()
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        """Read openvpn's output until it exits, then report the exit once."""
+        try:
+            await self._read_output(proc)
+            if proc.stdin is not None:
+                proc.stdin.close()
+            returncode = await proc.wait()
+            if self._management_task is not None:
+                # The connection ends with the process; its last lines may hold >FATAL.
+                with contextlib.suppress(Exception):
+                    await self._management_task
+            self._exit = TunnelExited(
+                returncode=returncode,
+                reason=self._exit_reason(returncode),
+                requested=self._stop_requested,
+            )
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+            # Set even if this task dies, so that stop() never waits forever.
+            self._exited.set()
+        log.info(
+            "tunnel %s: openvpn (pid %s) exited with status %d: %s",
+            self._name,
+            self.pid,
+            returncode,
+            self._exit.reason,
+        )
+        self._emit(self._exit)
+
+    async def _read_output(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while True:
+            try:
+                line = await proc.stdout.readline()
+            except ValueError:
+                continue  # an overlong line, dropped; reading on keeps openvpn from blocking
+            except OSError as error:
+                log.debug("tunnel %s: reading openvpn's output failed: %s", self._name, error)
+                return
+            if not line:
+                return
+            self._output_line(line)
+
+    def _output_line(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        match = _MACHINE_LINE.fullmatch(line)
+        if match is not None:
+            entry = _LogLine(int(match[1], 16), _redact(match[2]))
+        else:
+            entry = _LogLine(None, _redact(line))
+        if not entry.text:
+            return
+        self._tail.append(entry)
+        log.debug("openvpn[%s]: %s", self.pid, entry.text)
+
+    async def _shutdown(self, timeout: float = 5.0) -> None:
+        """The one way down, shared by stop() and a failed start()."""
+        if self._stop_task is None:
+            self._stop_task = asyncio.create_task(self._terminate(timeout))
+        await self._stop_task
+
+    async def _terminate(self, timeout: float) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        steps: list[tuple[Callable[[], None], float]] = []
+        if self._writer is not None and not self._writer.is_closing():
+            steps.append((self._ask_to_exit, timeout / 2))
+            steps.append((lambda: _signal(proc, signal.SIGTERM), timeout / 2))
+        else:
+            steps.append((lambda: _signal(proc, signal.SIGTERM), timeout))
+        steps.append((lambda: _signal(proc, signal.SIGKILL), 0))
+        for action, wait in steps:
+            if self._exited.is_set():
+                break
+            action()
+            if wait <= 0:
+                await self._exited.wait()
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._exited.wait()
+
+    def _ask_to_exit(self) -> None:
+        # Not through _command(): it must not wait behind a command in flight,
+        # and openvpn may be gone before it answers.
+        assert self._writer is not None
+        with contextlib.suppress(OSError):
+            self._writer.write(command("signal", "SIGTERM"))
+
+    # -- management connection ---------------------------------------------
+
+    async def _handshake(self, connection: socket.socket) -> None:
+        reader, self._writer = await asyncio.open_unix_connection(sock=connection)
+        self._management_task = asyncio.create_task(self._read_management(reader))
+        await self._announce_version()
+        await self._command("state", "on")
+        if self._settings.bytecount_interval:
+            await self._command("bytecount", str(self._settings.bytecount_interval))
+        await self._unless_exited(self._held.wait())
+        # With the hold flag off, openvpn's own restarts (ping-restart, a
+        # server's RESTART) do not wait for the daemon again.
+        await self._command("hold", "off")
+        await self._command("hold", "release")
+        log.info("tunnel %s: openvpn released from hold", self._name)
+
+    async def _announce_version(self) -> None:
+        """Send `version 4`; it has no reply in openvpn 2.6 but SUCCESS in later ones.
+
+        `pid` right behind it tells the two cases apart: its reply is the one
+        that reads `pid=...`.
+        """
+        async with self._command_lock:
+            loop = asyncio.get_running_loop()
+            first: asyncio.Future[CommandResult] = loop.create_future()
+            second: asyncio.Future[CommandResult] = loop.create_future()
+            self._replies.extend((first, second))
+            await self._write(command("version", "4") + command("pid"))
+            if (await self._unless_exited(first)).text.startswith("pid="):
+                self._replies.remove(second)
+                second.cancel()
+                return
+            await self._unless_exited(second)
+
+    async def _command(self, *words: str) -> CommandResult:
+        """Send one command and return openvpn's SUCCESS reply; an ERROR raises TunnelFailed."""
+        async with self._command_lock:
+            reply: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
+            self._replies.append(reply)
+            await self._write(command(*words))
+            result = await self._unless_exited(reply)
+        if not result.ok:
+            raise TunnelFailed(f"openvpn refused `{words[0]}`: {result.text}")
+        return result
+
+    async def _write(self, data: bytes) -> None:
+        if self._writer is None or self._writer.is_closing():
+            raise TunnelFailed("openvpn's management connection is closed")
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except OSError:
+            raise TunnelFailed("openvpn's management connection is closed") from None
+
+    async def _read_management(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while data := await reader.read(65536):
+                for event in self._parser.feed(data):
+                    self._dispatch(event)
+        except ProtocolViolation as error:
+            log.error("tunnel %s: %s", self._name, error.message)
+            self._violation = error
+            if self._proc is not None:
+                _signal(self._proc, signal.SIGTERM)
+        except OSError as error:
+            log.debug("tunnel %s: management connection failed: %s", self._name, error)
+        finally:
+            # Cancelled, not failed: a future nobody awaits any more must not
+            # leave an unretrieved exception behind.
+            for reply in self._replies:
+                reply.cancel()
+            self._replies.clear()
+
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, CommandResult):
+            if self._replies:
+                reply = self._replies.popleft()
+                if not reply.done():
+                    reply.set_result(event)
+            else:
+                log.debug("tunnel %s: reply nobody waited for: %s", self._name, event.text)
+            return
+        if isinstance(event, StateEvent):
+            log.debug("tunnel %s: state %s %s", self._name, event.name, event.detail)
+            if event.name == "EXITING" and event.detail == "auth-failure":
+                self._auth_failure = self._auth_failure or ""
+            elif event.name == "CONNECTED":
+                self._auth_failure = None
+            self._emit(event)
+        elif isinstance(event, ByteCountEvent):
+            self._emit(event)
+        elif isinstance(event, FatalEvent):
+            log.debug("tunnel %s: fatal: %s", self._name, event.text)
+            self._fatal = event.text
+            self._emit(event)
+        elif isinstance(event, HoldEvent):
+            self._held.set()
+        elif isinstance(event, PasswordEvent):
+            self._on_password(event)
+        elif isinstance(event, UnexpectedLine):
+            log.debug("tunnel %s: unexpected management line", self._name)
+        else:
+            # Prompts and messages that later parts of the daemon will answer;
+            # their text may carry secrets (URLs, challenges), so only the kind is logged.
+            log.debug("tunnel %s: management notification %s", self._name, type(event).__name__)
+
+    def _on_password(self, event: PasswordEvent) -> None:
+        text = event.text
+        if text.startswith("Verification Failed"):
+            # A dynamic challenge (CRV1) arrives as a "failure" but is a question.
+            if "CRV1:" not in text:
+                detail = text.removeprefix("Verification Failed").lstrip(": ").strip("'")
+                self._auth_failure = "" if detail == "Auth" else detail
+            log.debug("tunnel %s: password verification failed", self._name)
+        elif text.startswith("Need "):
+            log.debug("tunnel %s: openvpn asks: %s", self._name, text)
+        else:
+            log.debug("tunnel %s: password notification (not logged)", self._name)
+
+    # -- helpers -------------------------------------------------------------
+
+    async def _unless_exited(self, awaitable: Awaitable[_T]) -> _T:
+        """Await `awaitable`, or raise TunnelFailed if openvpn exits first."""
+        task = asyncio.ensure_future(awaitable)
+        exited = asyncio.ensure_future(self._exited.wait())
+        try:
+            await asyncio.wait((task, exited), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+            if not task.done():
+                # A cancelled reply future still takes its reply off the queue.
+                task.cancel()
+        if not task.done():
+            raise TunnelFailed("openvpn exited")
+        if task.cancelled():
+            raise TunnelFailed("openvpn closed its management connection")
+        return task.result()
+
+    def _emit(self, event: TunnelEvent) -> None:
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("tunnel %s: the event handler failed on %s", self._name, event)
+
+    def _exit_reason(self, returncode: int | None = None) -> str:
+        if self._auth_failure is not None:
+            return "authentication failed" + (
+                f": {self._auth_failure}" if self._auth_failure else ""
+            )
+        if self._stop_requested:
+            return "stopped"
+        if self._violation is not None:
+            return self._violation.message
+        if self._fatal:
+            return self._fatal
+        if returncode is not None and returncode < 0:
+            # Its last lines tell what it was doing, not why it ended.
+            return f"openvpn was killed by signal {-returncode}"
+        summary = self._error_summary()
+        if summary:
+            return summary
+        return f"openvpn exited with status {returncode}"
+
+    def _reason_suffix(self) -> str:
+        summary = self._error_summary()
+        return f"; its last words: {summary}" if summary else ""
+
+    def _error_summary(self) -> str:
+        """openvpn's own words for what went wrong, from the last lines of its output."""
+        lines = [line for line in self._tail if line.text != _USAGE_HINT]
+        fatal = [line.text for line in lines if (line.flags or 0) & _M_FATAL]
+        if fatal:
+            return fatal[-1]
+        errors = [
+            line.text
+            for line in lines
+            if (line.flags or 0) & (_M_NONFATAL | _M_OPTERR | _M_USAGE_SMALL)
+        ]
+        if errors:
+            return "; ".join(errors[-2:])
+        return "; ".join(line.text for line in lines[-3:])
+
+
+def _peer_pid(connection: socket.socket) -> int:
+    credentials = connection.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+    )
+    pid, _uid, _gid = struct.unpack("3i", credentials)
+    return int(pid)
+
+
+def _signal(proc: asyncio.subprocess.Process, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        if proc.returncode is None:
+            proc.send_signal(signum)
