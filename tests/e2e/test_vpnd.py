@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
+import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -99,7 +102,12 @@ def test_connect_ping_status_disconnect(
     )
     # The portal's Expires header is the session expiry.
     assert abs(now["session_expiry"] - (time.time() + portal.session_seconds)) < 120
-    assert len(openvpn_children(vpnd)) == 1
+    [child] = openvpn_children(vpnd)
+    # openvpn gets none of the daemon's environment: with NOTIFY_SOCKET it
+    # reported to the service manager in vpnd's name and blocked once its
+    # queue was full.
+    environ = Path(f"/proc/{child.split()[0]}/environ").read_bytes().split(b"\0")
+    assert not [v for v in environ if v.startswith((b"NOTIFY_SOCKET=", b"DBUS_", b"SSL_"))]
     ours = tun_devices() - tuns_before
     assert len(ours) == 1
     # Neither the config (with its key) nor a listening management socket stays on disk:
@@ -205,4 +213,20 @@ def test_stopping_the_daemon_tears_the_tunnel_down(
     assert vpnd.stop() == 0
     assert not ours & tun_devices()
     assert portal.disconnect_calls == 1
+    vpnd.start()  # for the fixture's own clean stop
+
+
+def test_a_frozen_openvpn_does_not_hold_up_the_daemon(
+    vpnd: VpndProcess, portal: TestPortal, logged_in: dict[str, str]
+) -> None:
+    ok(vpnctl(["connect", portal.host, "--profile", "employees"], logged_in))
+    [child] = openvpn_children(vpnd)
+    pid = int(child.split()[0])
+    os.kill(pid, signal.SIGSTOP)  # it can no longer answer on its management socket
+    try:
+        assert vpnd.stop() == 0  # raises if vpnd is still there after 20 s
+        assert not Path(f"/proc/{pid}").exists()
+    finally:
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
     vpnd.start()  # for the fixture's own clean stop

@@ -295,6 +295,7 @@ class Tunnel:
                 stderr=asyncio.subprocess.STDOUT,
                 # Keeps a terminal's Ctrl-C away from openvpn: the daemon stops it.
                 start_new_session=True,
+                env=_child_environment(),
             )
         except OSError as error:
             raise TunnelFailed(
@@ -603,6 +604,16 @@ class Tunnel:
         if errors:
             return "; ".join(errors[-2:])
         return "; ".join(line.text for line in lines[-3:])
+
+
+def _child_environment() -> dict[str, str]:
+    """openvpn's whole environment: nothing of the daemon's is passed on.
+
+    openvpn speaks sd_notify itself: with the daemon's NOTIFY_SOCKET it would
+    report to the service manager in the daemon's name, and block once the
+    socket's queue is full. Credentials, proxies and locales stay out too.
+    """
+    return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LC_ALL": "C"}
 
 
 def _peer_pid(connection: socket.socket) -> int:
