@@ -1,0 +1,242 @@
+"""Figures for vpnd on the local lab, side by side with their baselines.
+
+    sudo .venv/bin/python -m benchmarks.run [--rounds N]
+
+1. connect latency: D-Bus Connect → State "connected", against plain
+   `openvpn --config` (start → "Initialization Sequence Completed") on the
+   same kind of config and the same server;
+2. `vpnctl status` wall time, against `busctl get-property` on the same daemon;
+3. vpnd start → READY=1, and its resident memory when idle.
+
+Prints a Markdown table; RESULTS.md keeps the recorded runs. These are
+figures, not pass/fail checks: the machines here are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from jeepney import DBusAddress, MatchRule, Properties, message_bus, new_method_call
+from jeepney.io.blocking import DBusConnection, open_dbus_connection
+from jeepney.low_level import HeaderFields
+from tests.lab.browser import write_browser_script
+from tests.lab.daemon import REPO, VpndProcess, vpnctl
+from tests.lab.dbus import PrivateSystemBus
+from tests.lab.netns import OpenVPNLab
+from tests.lab.pki import LabPKI
+from tests.lab.portal import TestPortal
+
+DEST = "org.vpnd.Daemon"
+ROOT = "/org/vpnd/Daemon"
+
+
+def median_ms(samples: list[float]) -> str:
+    return f"{statistics.median(samples) * 1000:.1f} ms (min {min(samples) * 1000:.1f}, n={len(samples)})"
+
+
+def plain_openvpn_connect(lab: OpenVPNLab, pki: LabPKI, workdir: Path) -> float:
+    """Seconds from starting openvpn to 'Initialization Sequence Completed'."""
+    cert, key = pki.issue_client(f"bench-{time.monotonic_ns()}")
+    config = workdir / "plain.ovpn"
+    config.write_text(lab.client_config(cert, key))
+    config.chmod(0o600)
+    started = time.monotonic()
+    process = subprocess.Popen(
+        ["openvpn", "--config", str(config), "--verb", "3", "--suppress-timestamps"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    try:
+        for line in process.stdout:
+            if "Initialization Sequence Completed" in line:
+                return time.monotonic() - started
+        raise RuntimeError("openvpn exited before connecting")
+    finally:
+        process.terminate()
+        process.wait(10)
+        config.unlink()
+
+
+def _get(conn: DBusConnection, path: str, interface: str, name: str) -> object:
+    reply = conn.send_and_get_reply(
+        Properties(DBusAddress(path, DEST, interface)).get(name), timeout=10
+    )
+    return reply.body[0][1]
+
+
+def _wait_state(conn: DBusConnection, path: str, wanted: set[str], timeout: float = 30) -> str:
+    """Wait for the connection's State to be one of `wanted` (PropertiesChanged, no polling)."""
+    rule = MatchRule(
+        type="signal",
+        interface="org.freedesktop.DBus.Properties",
+        member="PropertiesChanged",
+        path=path,
+    )
+    deadline = time.monotonic() + timeout
+    conn.send_and_get_reply(message_bus.AddMatch(rule), timeout=10)
+    with conn.filter(rule) as queue:
+        state = str(_get(conn, path, "org.vpnd.Connection1", "State"))
+        while state not in wanted:
+            message = conn.recv_until_filtered(queue, timeout=deadline - time.monotonic())
+            changed = message.body[1]
+            if "State" in changed:
+                state = str(changed["State"][1])
+    return state
+
+
+def vpnd_connect(conn: DBusConnection, server_path: str) -> float:
+    """Seconds from the Connect call to State 'connected' (includes well-known, /connect, openvpn)."""
+    rule = MatchRule(
+        type="signal",
+        interface="org.freedesktop.DBus.Properties",
+        member="PropertiesChanged",
+        path_namespace=f"{ROOT}/connections",
+    )
+    conn.send_and_get_reply(message_bus.AddMatch(rule), timeout=10)
+    with conn.filter(rule) as queue:
+        started = time.monotonic()
+        reply = conn.send_and_get_reply(
+            new_method_call(
+                DBusAddress(server_path, DEST, "org.vpnd.Server1"),
+                "Connect",
+                "sa{sv}",
+                ("employees", {}),
+            ),
+            timeout=30,
+        )
+        path = reply.body[0]
+        while True:
+            message = conn.recv_until_filtered(queue, timeout=30)
+            changed = message.body[1]
+            if message.header.fields.get(HeaderFields.path) == path and "State" in changed:
+                state = changed["State"][1]
+                if state == "connected":
+                    elapsed = time.monotonic() - started
+                    break
+                if state in ("failed", "disconnected"):
+                    raise RuntimeError(f"connect ended {state}")
+    conn.send_and_get_reply(
+        new_method_call(DBusAddress(ROOT, DEST, "org.vpnd.Manager1"), "Disconnect"), timeout=30
+    )
+    _wait_state(conn, path, {"disconnected"})
+    return elapsed
+
+
+def wall(command: list[str], env: dict[str, str]) -> float:
+    started = time.monotonic()
+    subprocess.run(command, env=env, capture_output=True, check=True)
+    return time.monotonic() - started
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def measure(rounds: int, workdir: Path) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
+    pki = LabPKI.create(workdir / "pki")
+    with (
+        OpenVPNLab(pki, workdir / "lab") as lab,
+        TestPortal(pki, lab) as portal,
+        PrivateSystemBus(workdir / "bus") as bus,
+    ):
+        ready: list[float] = []
+        idle_rss: list[int] = []
+        for i in range(rounds):
+            daemon = VpndProcess(workdir / f"start{i}", bus.env({}), ca_file=pki.ca_path)
+            daemon.start()
+            ready.append(daemon.ready_after)
+            time.sleep(0.5)  # let start-up settle before reading RSS
+            idle_rss.append(rss_kib(daemon.pid))
+            daemon.stop()
+        rows.append(("vpnd start → READY=1", median_ms(ready), "target ≤ 300 ms"))
+        rows.append(
+            (
+                "vpnd RSS when idle",
+                f"{statistics.median(idle_rss) / 1024:.1f} MiB",
+                "target ≤ 40 MB",
+            )
+        )
+
+        with VpndProcess(workdir / "vpnd", bus.env({}), ca_file=pki.ca_path) as daemon:
+            env = {
+                "DBUS_SYSTEM_BUS_ADDRESS": bus.address,
+                "BROWSER": str(write_browser_script(workdir, ca_file=str(pki.ca_path))),
+            }
+            for args in (["add", portal.base_url], ["login", portal.host]):
+                result = vpnctl(args, env)
+                if result.returncode != 0:
+                    raise RuntimeError(result.stderr)
+            os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
+            with open_dbus_connection(bus="SYSTEM") as conn:
+                server_path = conn.send_and_get_reply(
+                    new_method_call(
+                        DBusAddress(ROOT, DEST, "org.vpnd.Manager1"),
+                        "FindServer",
+                        "s",
+                        (portal.host,),
+                    )
+                ).body[0]
+                vpnd_connect(conn, server_path)  # warm-up: first use loads httpx and TLS
+                plain = [plain_openvpn_connect(lab, pki, workdir) for _ in range(rounds)]
+                through_vpnd = [vpnd_connect(conn, server_path) for _ in range(rounds)]
+            added = statistics.median(through_vpnd) - statistics.median(plain)
+            rows.append(("plain `openvpn --config` → connected", median_ms(plain), "baseline"))
+            rows.append(("vpnd D-Bus Connect → connected", median_ms(through_vpnd), ""))
+            rows.append(("added by vpnd (medians)", f"{added * 1000:.1f} ms", "target ≤ 35 ms"))
+            rows.append(
+                ("vpnd RSS after connect cycles", f"{rss_kib(daemon.pid) / 1024:.1f} MiB", "")
+            )
+
+            vpnctl_bin = [sys.executable, "-m", "vpnctl", "status"]
+            full_env = {**os.environ, **env, "PYTHONPATH": str(REPO / "client")}
+            busctl = [
+                "busctl",
+                f"--address={bus.address}",
+                "get-property",
+                DEST,
+                ROOT,
+                "org.vpnd.Manager1",
+                "ActiveConnection",
+            ]
+            n = rounds * 4
+            status = [wall(vpnctl_bin, full_env) for _ in range(n)]
+            baseline = [wall(busctl, full_env) for _ in range(n)]
+            rows.append(("`busctl get-property`", median_ms(baseline), "baseline"))
+            rows.append(("`vpnctl status`", median_ms(status), "target ≤ 80 ms"))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="vpnd-bench-") as tmp:
+        rows = measure(args.rounds, Path(tmp))
+    print(
+        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
+    print("| what | median | note |\n|---|---|---|")
+    for what, value, note in rows:
+        print(f"| {what} | {value} | {note} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
