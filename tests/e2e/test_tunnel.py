@@ -358,8 +358,11 @@ FAKE_OPENVPN = """\
 import os, socket, sys, time
 
 argv = sys.argv[1:]
-record = os.environ["FAKE_OPENVPN_RECORD"]
-scenario = os.environ["FAKE_OPENVPN_SCENARIO"]
+# openvpn gets no environment from the daemon, so the scenario lies next to the script.
+here = os.path.dirname(os.path.abspath(sys.argv[0]))
+record = os.path.join(here, "record")
+with open(os.path.join(here, "scenario")) as f:
+    scenario = f.read()
 with open(record + ".argv", "w") as f:
     f.write("\\n".join(argv))
 with open(record + ".config", "w") as f:
@@ -404,16 +407,14 @@ if scenario == "violation":
 
 
 @pytest.fixture
-def fake_openvpn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], Path]:
-    """Install the stand-in; returns a function that picks its scenario and gives the record path."""
+def fake_openvpn(tmp_path: Path) -> Callable[[str], Path]:
+    """Install the stand-in; returns a function that picks its scenario and gives the script."""
     script = tmp_path / "fake-openvpn"
     script.write_text(f"#!{sys.executable}\n{FAKE_OPENVPN}")
     script.chmod(0o755)
-    record = tmp_path / "record"
-    monkeypatch.setenv("FAKE_OPENVPN_RECORD", str(record))
 
     def scenario(name: str) -> Path:
-        monkeypatch.setenv("FAKE_OPENVPN_SCENARIO", name)
+        (tmp_path / "scenario").write_text(name)
         return script
 
     return scenario
