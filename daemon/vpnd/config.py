@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -29,13 +30,25 @@ class Settings:
     # Seconds openvpn may take from start to CONNECTED before the attempt fails.
     connect_timeout: float = 60.0
     log_level: str = "info"
+    # The store key when no systemd credential `vpnd-store.key` is passed;
+    # unset means {state_dir}/store.key.
+    store_key_file: Path | None = None
+    # Where secrets live: "encrypted-file" (vpnd's own) or a keyring backend
+    # named "module:Class", which is then the only backend used.
+    secret_backend: str = "encrypted-file"  # noqa: S105 (a backend name)
+
+    @property
+    def store_key_path(self) -> Path:
+        """The key file in effect: `store_key_file`, else `{state_dir}/store.key`."""
+        return self.store_key_file or self.state_dir / "store.key"
 
 
-_PATH_KEYS = {"state_dir", "runtime_dir", "ca_file"}
+_PATH_KEYS = {"state_dir", "runtime_dir", "ca_file", "store_key_file"}
 _FLOAT_KEYS = {"http_timeout", "authorization_timeout", "connect_timeout"}
-_STR_KEYS = {"openvpn", "client_id", "log_level"}
+_STR_KEYS = {"openvpn", "client_id", "log_level", "secret_backend"}
 _CLIENT_IDS = {"org.eduvpn.app.linux", "org.letsconnect-vpn.app.linux"}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
+_BACKEND_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*", re.ASCII)
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
@@ -56,6 +69,11 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     if key == "log_level" and value not in _LOG_LEVELS:
         raise InvalidArgument(
             f"{source}: log_level must be one of {', '.join(sorted(_LOG_LEVELS))}"
+        )
+    if key == "secret_backend" and value != "encrypted-file" and not _BACKEND_SPEC.fullmatch(value):
+        raise InvalidArgument(
+            f'{source}: secret_backend must be "encrypted-file" or a keyring backend '
+            'as "module:Class"'
         )
     return value
 

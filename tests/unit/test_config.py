@@ -41,6 +41,14 @@ def test_file_then_overrides(tmp_path: Path) -> None:
         ("client_id = 'evil'", "client_id must be one of"),
         ("log_level = 'loud'", "log_level must be one of"),
         ("state_dir = [", "not valid TOML"),
+        ("store_key_file = 'store.key'", "store_key_file must be an absolute path"),
+        ("store_key_file = 1", "store_key_file must be an absolute path"),
+        ("secret_backend = ''", "secret_backend must be a non-empty string"),
+        ("secret_backend = 'keyring.backends.SecretService'", "module:Class"),
+        ("secret_backend = 'a:b:c'", "module:Class"),
+        ('secret_backend = "mod:Class\\n"', "module:Class"),
+        ("secret_backend = '../x:Y'", "module:Class"),
+        ("secret_backend = 3", "non-empty string"),
     ],
 )
 def test_bad_settings_are_named(tmp_path: Path, text: str, message: str) -> None:
@@ -60,3 +68,24 @@ def test_a_missing_ca_file_is_refused(tmp_path: Path) -> None:
     path.write_text(f'ca_file = "{tmp_path}/missing.pem"')
     with pytest.raises(InvalidArgument, match="does not exist"):
         config.load(path)
+
+
+def test_store_key_file_defaults_into_the_state_dir(tmp_path: Path) -> None:
+    path = tmp_path / "vpnd.toml"
+    path.write_text('state_dir = "/srv/vpnd"\n')
+    settings = config.load(path)
+    assert settings.store_key_file is None
+    assert settings.store_key_path == Path("/srv/vpnd/store.key")
+    assert config.load(path, {"state_dir": "/tmp/s"}).store_key_path == Path("/tmp/s/store.key")
+    assert settings.secret_backend == "encrypted-file"
+
+
+def test_secret_settings_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "vpnd.toml"
+    path.write_text(
+        'store_key_file = "/etc/vpnd/store.key"\n'
+        'secret_backend = "keyring.backends.SecretService:Keyring"\n'
+    )
+    settings = config.load(path)
+    assert settings.store_key_path == Path("/etc/vpnd/store.key")
+    assert settings.secret_backend == "keyring.backends.SecretService:Keyring"

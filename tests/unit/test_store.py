@@ -10,7 +10,7 @@ import pytest
 
 from vpnd.errors import StorageFailed
 from vpnd.store.atomic import write_atomic
-from vpnd.store.store import FileSecretStore, ServerRecord, Store, new_server_id
+from vpnd.store.store import ServerRecord, Store, new_server_id
 
 
 def record(owner: int, url: str = "https://vpn.example.org/") -> ServerRecord:
@@ -59,7 +59,7 @@ def test_malformed_records_are_refused(tmp_path: Path) -> None:
 
 
 def test_secrets_by_name(tmp_path: Path) -> None:
-    secrets = FileSecretStore(tmp_path)
+    secrets = Store(tmp_path).secrets
     sid = new_server_id()
     assert secrets.get(1000, sid, "oauth") is None
     secrets.set(1000, sid, "oauth", {"t": 1})
@@ -74,7 +74,33 @@ def test_secrets_by_name(tmp_path: Path) -> None:
 
 def test_secret_paths_cannot_escape(tmp_path: Path) -> None:
     with pytest.raises(StorageFailed):
-        FileSecretStore(tmp_path).set(1000, "../../../etc/x", "oauth", {})
+        Store(tmp_path).secrets.set(1000, "../../../etc/x", "oauth", {})
+
+
+def test_store_encrypts_secrets_by_default(tmp_path: Path) -> None:
+    Store(tmp_path).secrets.set(1000, "0" * 16, "oauth", {"access_token": "tok-visible?"})
+    assert (tmp_path / "store.key").exists()
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert b"tok-visible?" not in path.read_bytes(), path
+
+
+def test_damaged_files_in_the_same_second_are_all_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("vpnd.store.atomic.time.time", lambda: 1234.5)
+    damaged = tmp_path / "users" / "1000" / "servers.json"
+    for text in ("{first", "{second"):
+        Store(tmp_path).save_servers(1000, [record(1000)])
+        damaged.write_text(text)
+        assert Store(tmp_path).load_servers() == []
+    kept = sorted(p.read_text() for p in damaged.parent.glob("servers.json.damaged-1234*"))
+    assert kept == ["{first", "{second"]
+
+
+def test_a_server_id_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(StorageFailed, match="malformed id"):
+        ServerRecord.from_dict({"server_id": "0" * 16 + "\n", "url": "x", "added_at": 0}, 0)
 
 
 def test_a_failed_write_leaves_the_old_file(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 
@@ -44,3 +45,20 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def move_aside(path: Path, reason: str = "damaged") -> Path:
+    """Rename a file to `{name}.{reason}-{time}` (never over an earlier one) and
+    return the new path; the caller keeps its content without it being read again."""
+    stamp = int(time.time())
+    for n in range(1000):
+        aside = path.with_name(f"{path.name}.{reason}-{stamp}" + (f"-{n}" if n else ""))
+        try:
+            # link() fails on an existing name where rename() would replace it.
+            os.link(path, aside)
+        except FileExistsError:
+            continue
+        os.unlink(path)
+        fsync_dir(path.parent)
+        return aside
+    raise FileExistsError(f"no free name to move {path} aside")

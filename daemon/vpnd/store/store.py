@@ -2,11 +2,12 @@
 
 Layout (all directories 0700, files 0600, every write atomic):
 
-    {state_dir}/users/{uid}/servers.json           the owner's servers
-    {state_dir}/users/{uid}/secrets/{server}.json  tokens (and later keys) of one server
+    {state_dir}/users/{uid}/servers.json   the owner's servers (URLs and ids, not secret)
+    {state_dir}/users/{uid}/secrets/       tokens and keys, sealed (`encrypted_file`)
 
-Secrets go through `SecretStore` so that encryption at rest, or another
-backend, can replace the plain-file one without touching the callers.
+Secrets go through `SecretStore`, which `secret_store.open_secret_store`
+provides over a keyring backend: vpnd's encrypted files or one the
+administrator configures.
 """
 
 from __future__ import annotations
@@ -15,18 +16,16 @@ import json
 import logging
 import os
 import re
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from vpnd.errors import StorageFailed
-from vpnd.store.atomic import ensure_private_dir, remove_durably, write_atomic
+from vpnd.store.atomic import ensure_private_dir, move_aside, write_atomic
 
 log = logging.getLogger("vpnd.store")
 
-_SERVER_ID = re.compile(r"^[0-9a-f]{16}$")
-_SECRET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_SERVER_ID = re.compile(r"[0-9a-f]{16}")
 _MAX_FILE = 1 << 20
 
 
@@ -55,7 +54,7 @@ class ServerRecord:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StorageFailed(f"a server record is malformed ({exc})") from None
-        if not _SERVER_ID.match(record.server_id):
+        if not _SERVER_ID.fullmatch(record.server_id):
             raise StorageFailed("a server record has a malformed id")
         return record
 
@@ -66,15 +65,26 @@ def new_server_id() -> str:
 
 
 class SecretStore(Protocol):
-    """Where tokens and key material live, per owner and server."""
+    """Where tokens and key material live, per owner and server.
 
-    def get(self, owner: int, server_id: str, name: str) -> dict[str, Any] | None: ...
+    A record has a name (`[a-z][a-z0-9_]{0,31}`) and a JSON object as value.
+    Every failure, a damaged record included, is a StorageFailed."""
 
-    def set(self, owner: int, server_id: str, name: str, value: dict[str, Any]) -> None: ...
+    def get(self, owner: int, server_id: str, name: str) -> dict[str, Any] | None:
+        """One named record of a server, or None."""
+        ...
 
-    def delete(self, owner: int, server_id: str, name: str) -> None: ...
+    def set(self, owner: int, server_id: str, name: str, value: dict[str, Any]) -> None:
+        """Store (or replace) one named record of a server."""
+        ...
 
-    def delete_server(self, owner: int, server_id: str) -> None: ...
+    def delete(self, owner: int, server_id: str, name: str) -> None:
+        """Forget one named record of a server (nothing if there is none)."""
+        ...
+
+    def delete_server(self, owner: int, server_id: str) -> None:
+        """Forget every record of a server."""
+        ...
 
 
 def _read_json(path: Path) -> Any:
@@ -88,74 +98,21 @@ def _read_json(path: Path) -> Any:
         raise StorageFailed(f"{path} is not valid JSON ({exc})") from None
 
 
-class FileSecretStore:
-    """Secrets as root-only JSON files, one per server (not encrypted yet)."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self._root = state_dir / "users"
-
-    def _path(self, owner: int, server_id: str) -> Path:
-        if not _SERVER_ID.match(server_id):
-            raise StorageFailed("malformed server id")
-        return self._root / str(owner) / "secrets" / f"{server_id}.json"
-
-    def _load(self, owner: int, server_id: str) -> dict[str, Any]:
-        path = self._path(owner, server_id)
-        try:
-            data = _read_json(path)
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise StorageFailed(f"cannot read {path}: {exc.strerror}") from None
-        if not isinstance(data, dict):
-            raise StorageFailed(f"{path} is not a JSON object")
-        return data
-
-    def get(self, owner: int, server_id: str, name: str) -> dict[str, Any] | None:
-        """One named secret of a server, or None."""
-        value = self._load(owner, server_id).get(name)
-        return value if isinstance(value, dict) else None
-
-    def set(self, owner: int, server_id: str, name: str, value: dict[str, Any]) -> None:
-        """Store (or replace) one named secret of a server."""
-        if not _SECRET_NAME.match(name):
-            raise StorageFailed("malformed secret name")
-        data = self._load(owner, server_id)
-        data[name] = value
-        path = self._path(owner, server_id)
-        try:
-            ensure_private_dir(path.parent)
-            write_atomic(path, json.dumps(data, sort_keys=True).encode())
-        except OSError as exc:
-            raise StorageFailed(f"cannot write {path}: {exc.strerror}") from None
-
-    def delete(self, owner: int, server_id: str, name: str) -> None:
-        """Forget one named secret of a server."""
-        data = self._load(owner, server_id)
-        if data.pop(name, None) is None:
-            return
-        path = self._path(owner, server_id)
-        try:
-            write_atomic(path, json.dumps(data, sort_keys=True).encode())
-        except OSError as exc:
-            raise StorageFailed(f"cannot write {path}: {exc.strerror}") from None
-
-    def delete_server(self, owner: int, server_id: str) -> None:
-        """Forget every secret of a server."""
-        try:
-            remove_durably(self._path(owner, server_id))
-        except OSError as exc:
-            raise StorageFailed(f"cannot remove secrets: {exc.strerror}") from None
-
-
 class Store:
     """The daemon's persistent state; nothing else writes under the state directory."""
 
     def __init__(self, state_dir: Path, secrets: SecretStore | None = None) -> None:
+        """`secrets` defaults to the encrypted files with the default key sources."""
         self._root = state_dir / "users"
-        self.secrets: SecretStore = secrets or FileSecretStore(state_dir)
         ensure_private_dir(state_dir)
         ensure_private_dir(self._root)
+        if secrets is None:
+            # Imported here: secret_store builds on this module.
+            from vpnd.config import Settings
+            from vpnd.store.secret_store import open_secret_store
+
+            secrets = open_secret_store(Settings(state_dir=state_dir))
+        self.secrets: SecretStore = secrets
 
     def _servers_path(self, owner: int) -> Path:
         return self._root / str(owner) / "servers.json"
@@ -177,12 +134,12 @@ class Store:
             except FileNotFoundError:
                 continue
             except (OSError, StorageFailed) as exc:
-                aside = path.with_name(f"servers.json.damaged-{int(time.time())}")
-                log.error("cannot load %s (%s); moved it to %s", path, exc, aside.name)
                 try:
-                    os.replace(path, aside)
+                    aside = move_aside(path)
                 except OSError:
-                    log.error("cannot move %s aside", path)
+                    log.error("cannot load %s (%s) nor move it aside", path, exc)
+                else:
+                    log.error("cannot load %s (%s); moved it to %s", path, exc, aside.name)
         return records
 
     def save_servers(self, owner: int, records: list[ServerRecord]) -> None:
