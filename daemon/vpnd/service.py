@@ -91,12 +91,20 @@ async def run(settings: config.Settings) -> int:
     from vpnd.http import HttpClient
     from vpnd.manager import Manager
     from vpnd.providers.eduvpn import EduVPNProvider
+    from vpnd.store.secret_store import open_secret_store
     from vpnd.store.store import Store
     from vpnd.tunnel.openvpn import Tunnel, TunnelEvent, TunnelSettings
 
     notify = _notifier()
-    _prepare_runtime_dir(settings.runtime_dir)
-    store = Store(settings.state_dir)
+    try:
+        _prepare_runtime_dir(settings.runtime_dir)
+        store = Store(settings.state_dir, open_secret_store(settings))
+    except VpndError as exc:
+        log.error("%s", exc.message)
+        return 1
+    except OSError as exc:
+        log.error("cannot prepare %s or %s: %s", settings.runtime_dir, settings.state_dir, exc)
+        return 1
     http = HttpClient(ca_file=settings.ca_file, timeout=settings.http_timeout)
     tunnel_settings = TunnelSettings(runtime_dir=settings.runtime_dir, openvpn=settings.openvpn)
 

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from jeepney import MatchRule, message_bus
+from jeepney import DBusAddress, MatchRule, message_bus, new_method_call
 
 from tests.lab.daemon import REPO, VpndProcess, vpnctl
 from tests.lab.dbus import PrivateSystemBus
@@ -376,6 +376,9 @@ def test_a_wrong_state_on_the_callback_fails_and_keeps_the_tokens(
         type="signal", interface="org.vpnd.Server1", member="AuthorizationFinished", path=path
     )
     with private_bus.connect() as conn:
+        # vpnd sends its signals only to connections that have called it.
+        manager = DBusAddress(ROOT, bus_name=DEST, interface="org.vpnd.Manager1")
+        conn.send_and_get_reply(new_method_call(manager, "ListServers"), timeout=10)
         conn.send_and_get_reply(message_bus.AddMatch(rule), timeout=10)
         with conn.filter(rule) as queue:
             # A forged callback, as a hostile page could trigger in the user's browser.
@@ -455,3 +458,19 @@ def test_the_daemon_stops_cleanly_on_sigterm(
     assert list(vpnd.runtime_dir.iterdir()) == []
     assert "STOPPING=1" in vpnd.notifications
     vpnd.start()  # for the fixture's own check of a clean stop
+
+
+def test_an_unsafe_store_key_stops_the_daemon_with_a_clear_message(
+    tmp_path: Path, private_bus: PrivateSystemBus
+) -> None:
+    daemon = VpndProcess(tmp_path / "vpnd", private_bus.env({}))
+    daemon.state_dir.mkdir(parents=True)
+    key = daemon.state_dir / "store.key"
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o644)  # readable by every local user
+    with pytest.raises(RuntimeError, match="exited early"):
+        daemon.start()
+    log = daemon.log()
+    assert "store.key" in log
+    assert "Traceback" not in log
+    assert key.read_bytes() == b"k" * 32  # refused, not replaced
