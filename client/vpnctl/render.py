@@ -23,7 +23,8 @@ def format_bytes(count: int) -> str:
     value = float(count)
     for unit in _UNITS:
         value /= 1024
-        if value < 1024 or unit == _UNITS[-1]:
+        # Compare what will be printed: 1023.97 would show as "1024.0".
+        if round(value, 1) < 1024 or unit == _UNITS[-1]:
             break
     return f"{value:.1f} {unit}"
 

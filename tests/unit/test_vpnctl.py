@@ -12,7 +12,7 @@ from itertools import count
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from jeepney import DBusAddress, HeaderFields, Message, Parser
 from jeepney.wrappers import new_error, new_method_return, new_signal
@@ -315,6 +315,7 @@ def test_format_bytes(count: int, expected: str) -> None:
 
 
 @given(st.integers(min_value=1024, max_value=2**64 - 1))
+@example(1_099_457_940_685)  # just under 1 TiB: once printed as "1024.0 GiB"
 def test_format_bytes_stays_close_to_the_count(count: int) -> None:
     number, unit = render.format_bytes(count).split()
     factor = 1024 ** (("KiB", "MiB", "GiB", "TiB", "PiB").index(unit) + 1)
