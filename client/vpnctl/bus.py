@@ -17,7 +17,7 @@ from typing import Any
 from jeepney import HeaderFields, Message, MessageType
 from jeepney.bus_messages import MatchRule, message_bus
 from jeepney.io.blocking import DBusConnection, open_dbus_connection
-from jeepney.low_level import Array, DictEntry, Struct, Variant, parse_signature
+from jeepney.low_level import Array, DictEntry, MessageFlag, Struct, Variant, parse_signature
 from jeepney.wrappers import DBusAddress, new_method_call
 
 from vpnctl.contract import BUS_NAME, PROPERTIES_INTERFACE
@@ -25,6 +25,9 @@ from vpnctl.errors import NO_ANSWER_MESSAGE, UNREACHABLE_MESSAGE, BusError, BusU
 
 # The customary D-Bus method call timeout; vpnd promises to answer well within it.
 CALL_TIMEOUT = 25.0
+# When polkit may ask the user for a password, a person is typing: vpnd waits
+# up to two minutes for polkit, and vpnctl a little longer for vpnd.
+INTERACTIVE_CALL_TIMEOUT = 130.0
 
 _BUS_DAEMON = "org.freedesktop.DBus"
 
@@ -125,8 +128,10 @@ def _plain(kind: Any, value: Any) -> Any:
 class DaemonBus:
     """A blocking connection to vpnd on the system bus."""
 
-    def __init__(self, connection: DBusConnection) -> None:
+    def __init__(self, connection: DBusConnection, *, interactive: bool = False) -> None:
         self._connection = connection
+        # Whether calls let polkit ask the user to authenticate (a person at a terminal).
+        self.interactive = interactive
         self._subscriptions: list[Subscription] = []
         # vpnd's unique name, learned from its replies: signals from anyone else
         # are ignored, and its leaving the bus ends every wait.
@@ -135,15 +140,19 @@ class DaemonBus:
         self._daemon_gone = False
 
     @classmethod
-    def open(cls) -> DaemonBus:
-        """Connect to the system bus (DBUS_SYSTEM_BUS_ADDRESS, or the standard socket)."""
+    def open(cls, *, interactive: bool = False) -> DaemonBus:
+        """Connect to the system bus (DBUS_SYSTEM_BUS_ADDRESS, or the standard socket).
+
+        With `interactive`, calls to vpnd allow interactive authorization: polkit
+        may ask the user for a password through their authentication agent.
+        """
         try:
             connection = open_dbus_connection(bus="SYSTEM")
         except (OSError, ValueError, RuntimeError) as error:
             # Missing socket, refused connection, failed authentication, an
             # address with no usable transport: all mean the same to a user.
             raise BusUnreachable(UNREACHABLE_MESSAGE) from error
-        return cls(connection)
+        return cls(connection, interactive=interactive)
 
     def close(self) -> None:
         """Close the connection."""
@@ -176,6 +185,9 @@ class DaemonBus:
         """
         address = DBusAddress(path, bus_name=BUS_NAME, interface=interface)
         message = new_method_call(address, method, signature or None, args)
+        if self.interactive:
+            message.header.flags |= MessageFlag.allow_interactive_authorization
+            timeout = max(timeout, INTERACTIVE_CALL_TIMEOUT)
         reply = self._send_and_wait(message, timeout)
         self._daemon = reply.header.fields.get(HeaderFields.sender, self._daemon)
         return _plain_body(reply)

@@ -51,6 +51,11 @@ CONNECT_TIMEOUT = 60.0
 DISCONNECT_TIMEOUT = 30.0
 LOGIN_TIMEOUT = 600.0
 
+SYSTEM_HELP = (
+    "use the system-wide servers (owned by root, used at boot) instead of your own;"
+    " needs root or polkit's org.vpnd.manage-system-servers"
+)
+
 _LOCALE_VARIABLES = ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")
 
 
@@ -153,22 +158,32 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action=_VersionAction)
+    parser.add_argument("--system", action="store_true", help=SYSTEM_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, handler: Handler, help: str, *, system: bool = False
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
         sub.set_defaults(handler=handler)
+        if system:
+            # Also accepted after the command; SUPPRESS keeps a --system given before it.
+            sub.add_argument(
+                "--system", action="store_true", default=argparse.SUPPRESS, help=SYSTEM_HELP
+            )
         return sub
 
     server_help = "the server's URL, or an unambiguous part of it such as its host name"
 
-    sub = command("add", _cmd_add, "add an eduVPN / Let's Connect! server")
+    sub = command("add", _cmd_add, "add an eduVPN / Let's Connect! server", system=True)
     sub.add_argument("url", metavar="URL", help="the server's https URL")
 
-    sub = command("list", _cmd_list, "list your servers and their authorization")
+    sub = command("list", _cmd_list, "list your servers and their authorization", system=True)
     sub.add_argument("--json", action="store_true", help="print JSON")
 
-    sub = command("login", _cmd_login, "authorize vpnd to use a server, in your browser")
+    sub = command(
+        "login", _cmd_login, "authorize vpnd to use a server, in your browser", system=True
+    )
     sub.add_argument("server", metavar="SERVER", help=server_help)
     sub.add_argument(
         "--no-browser", action="store_true", help="only print the address to open, do not open it"
@@ -181,11 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how long to wait for the login to finish (default {LOGIN_TIMEOUT:g})",
     )
 
-    sub = command("profiles", _cmd_profiles, "list the VPN profiles a server offers")
+    sub = command("profiles", _cmd_profiles, "list the VPN profiles a server offers", system=True)
     sub.add_argument("server", metavar="SERVER", help=server_help)
     sub.add_argument("--json", action="store_true", help="print JSON")
 
-    sub = command("connect", _cmd_connect, "connect to a server")
+    sub = command("connect", _cmd_connect, "connect to a server", system=True)
     sub.add_argument("server", metavar="SERVER", help=server_help)
     sub.add_argument(
         "--profile", metavar="ID", help="the profile to use (needed if the server has several)"
@@ -217,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how long to wait for the tunnel to close (default {DISCONNECT_TIMEOUT:g})",
     )
 
-    sub = command("remove", _cmd_remove, "forget a server with its authorization")
+    sub = command("remove", _cmd_remove, "forget a server with its authorization", system=True)
     sub.add_argument("server", metavar="SERVER", help=server_help)
     return parser
 
@@ -225,8 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
 # --- commands -------------------------------------------------------------
 
 
-def _find_server(bus: DaemonBus, query: str) -> str:
-    (path,) = bus.call(MANAGER_PATH, MANAGER_INTERFACE, "FindServer", "s", query)
+def _find_server(bus: DaemonBus, args: argparse.Namespace) -> str:
+    method = "FindSystemServer" if args.system else "FindServer"
+    (path,) = bus.call(MANAGER_PATH, MANAGER_INTERFACE, method, "s", args.server)
     return str(path)
 
 
@@ -235,15 +251,17 @@ def _write(out: IO[str], text: str) -> None:
 
 
 def _cmd_add(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
-    (path,) = bus.call(MANAGER_PATH, MANAGER_INTERFACE, "AddServer", "s", args.url)
+    method = "AddSystemServer" if args.system else "AddServer"
+    (path,) = bus.call(MANAGER_PATH, MANAGER_INTERFACE, method, "s", args.url)
     properties = bus.get_all(path, SERVER_INTERFACE)
     _write(out, f"Added {properties.get('Url', args.url)}")
-    _write(out, f"Log in with: vpnctl login {properties.get('Host') or args.url}")
+    system = "--system " if args.system else ""
+    _write(out, f"Log in with: vpnctl {system}login {properties.get('Host') or args.url}")
     return EXIT_OK
 
 
 def _cmd_remove(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
-    path = _find_server(bus, args.server)
+    path = _find_server(bus, args)
     url = bus.get(path, SERVER_INTERFACE, "Url")
     bus.call(MANAGER_PATH, MANAGER_INTERFACE, "RemoveServer", "o", path)
     _write(out, f"Removed {url}")
@@ -251,7 +269,8 @@ def _cmd_remove(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def _cmd_list(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
-    (servers,) = bus.call(MANAGER_PATH, MANAGER_INTERFACE, "ListServers")
+    method = "ListSystemServers" if args.system else "ListServers"
+    (servers,) = bus.call(MANAGER_PATH, MANAGER_INTERFACE, method)
     records = render.server_records(servers)
     _write(
         out, render.to_json(records) if args.json else render.render_servers(records, time.time())
@@ -265,7 +284,7 @@ def _get_profiles(bus: DaemonBus, path: str) -> list[dict[str, Any]]:
 
 
 def _cmd_profiles(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
-    records = render.profile_records(_get_profiles(bus, _find_server(bus, args.server)))
+    records = render.profile_records(_get_profiles(bus, _find_server(bus, args)))
     _write(out, render.to_json(records) if args.json else render.render_profiles(records))
     return EXIT_OK
 
@@ -291,7 +310,7 @@ def _cmd_status(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def _cmd_login(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
-    path = _find_server(bus, args.server)
+    path = _find_server(bus, args)
     # Subscribed before Authorize: a quick login must not finish unseen.
     finished = bus.subscribe(path=path, interface=SERVER_INTERFACE, member="AuthorizationFinished")
     (url,) = bus.call(path, SERVER_INTERFACE, "Authorize")
@@ -375,7 +394,7 @@ def _progress_printer(out: IO[str]) -> Callable[[Mapping[str, Any]], None]:
 
 
 def _cmd_connect(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
-    server = _find_server(bus, args.server)
+    server = _find_server(bus, args)
     profile = args.profile or choose_profile(_get_profiles(bus, server))
     # The connection's path is known only after Connect returns, but its first
     # changes may come before: listen to all connections, filter later.
@@ -458,7 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from vpnctl.bus import DaemonBus
 
-        with DaemonBus.open() as bus:
+        # A person at a terminal can answer polkit's password prompt; a script cannot.
+        with DaemonBus.open(interactive=sys.stdin.isatty()) as bus:
             return run(bus, args, sys.stdout)
     except (VpnctlError, BusError, KeyboardInterrupt) as error:
         code, line = describe(error)

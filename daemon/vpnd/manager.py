@@ -41,6 +41,7 @@ from vpnd.tunnel.openvpn import TunnelEvent, TunnelExited
 log = logging.getLogger("vpnd.manager")
 
 _PROFILE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+MAX_SERVERS_PER_OWNER = 64
 # /disconnect is a courtesy to the server; it must not hold up a disconnect for long.
 _RELEASE_TIMEOUT = 5.0
 
@@ -53,7 +54,8 @@ class TunnelLike(Protocol):
     async def stop(self, timeout: float = 5.0) -> None: ...
 
 
-TunnelFactory = Callable[[str, str, Callable[[TunnelEvent], None]], TunnelLike]
+# (name, config text without the key, the client's private key PEM or None, event sink)
+TunnelFactory = Callable[[str, str, bytes | None, Callable[[TunnelEvent], None]], TunnelLike]
 
 
 @dataclass(eq=False)
@@ -220,12 +222,10 @@ class Manager:
     async def add_server(self, owner: int, url: str) -> Server:
         """Add a server after checking that it speaks a supported API."""
         base_url = eduvpn.normalize_base_url(url)
-        if any(s.url == base_url for s in self.servers_of(owner)):
-            raise AlreadyExists(f"{base_url} is already added")
+        self._check_can_add(owner, base_url)
         await self._provider.discover(base_url)
-        # The discovery above awaited: another call may have added it meanwhile.
-        if any(s.url == base_url for s in self.servers_of(owner)):
-            raise AlreadyExists(f"{base_url} is already added")
+        # The discovery above awaited: another call may have added one meanwhile.
+        self._check_can_add(owner, base_url)
         record = ServerRecord(
             server_id=new_server_id(), owner=owner, url=base_url, added_at=time.time()
         )
@@ -235,6 +235,17 @@ class Manager:
         log.info("uid %d added %s", owner, base_url)
         self._listener.server_added(server)
         return server
+
+    def _check_can_add(self, owner: int, base_url: str) -> None:
+        servers = self.servers_of(owner)
+        if any(s.url == base_url for s in servers):
+            raise AlreadyExists(f"{base_url} is already added")
+        if len(servers) >= MAX_SERVERS_PER_OWNER:
+            # Each server costs the daemon memory and disk; a user must not be able to fill them.
+            raise InvalidArgument(
+                f"there are {len(servers)} servers already, the most vpnd keeps for one owner;"
+                " remove one first"
+            )
 
     async def remove_server(self, server: Server) -> None:
         """Forget a server, its tokens and keys; disconnect it first."""
@@ -389,6 +400,13 @@ class Manager:
             raise InvalidArgument("a profile id is 1 to 64 letters, digits, '.', '_' or '-'")
         current = self.connection
         if current is not None and not current.machine.finished:
+            if current.owner != server.owner:
+                # Another user's connection: that there is one shows anyway (the
+                # machine's routes); where it goes is theirs.
+                raise Busy(
+                    "this machine is already connected by another user;"
+                    " only they or root can end that connection"
+                )
             raise Busy(
                 f"a connection to {current.server.host} is {current.state};"
                 " run `vpnctl disconnect` first"
@@ -434,9 +452,12 @@ class Manager:
                     server.host,
                     ", ".join(config.dropped),
                 )
+            # openvpn gets the certificate but never the key: it asks vpnd to sign.
+            key = ovpnconfig.inline_block(config, "key")
             tunnel = self._tunnel_factory(
                 f"conn{connection.conn_id}",
-                config.render(),
+                ovpnconfig.without(config, "key").render(),
+                key.encode() if key is not None else None,
                 lambda event: self._on_tunnel_event(connection, event),
             )
             connection.tunnel = tunnel

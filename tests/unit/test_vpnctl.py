@@ -847,6 +847,71 @@ def test_remove_and_daemon_errors(daemon: FakeDaemon) -> None:
     assert run(daemon, "remove", "nope") == (1, "vpnctl: no server of yours matches 'nope'")
 
 
+def test_system_flag_uses_the_system_wide_servers(daemon: FakeDaemon) -> None:
+    daemon.handlers["AddSystemServer"] = lambda path, url: ("o", (SERVER,))
+    daemon.handlers["ListSystemServers"] = lambda path: ("a{oa{sv}}", ({},))
+    daemon.handlers["FindSystemServer"] = lambda path, query: ("o", (SERVER,))
+    daemon.handlers["RemoveServer"] = lambda path, server: ("", ())
+    code, out = run(daemon, "--system", "add", "https://vpn.example.org")
+    assert code == 0
+    assert out.endswith("Log in with: vpnctl --system login vpn.example.org\n")
+    # Before or after the command, the same.
+    assert run(daemon, "list", "--system", "--json")[0] == 0
+    assert run(daemon, "--system", "remove", "vpn")[0] == 0
+    assert run(daemon, "remove", "--system", "vpn")[0] == 0
+    called = [member for _path, member, _body in daemon.calls if member not in ("Get", "GetAll")]
+    assert called == [
+        "AddSystemServer",
+        "ListSystemServers",
+        "FindSystemServer",
+        "RemoveServer",
+        "FindSystemServer",
+        "RemoveServer",
+    ]
+    # Without it, the caller's own servers.
+    daemon.calls.clear()
+    assert run(daemon, "remove", "vpn")[0] == 0
+    assert [m for _p, m, _b in daemon.calls if m not in ("Get", "GetAll")] == [
+        "FindServer",
+        "RemoveServer",
+    ]
+    assert cli.build_parser().parse_args(["status"]).system is False
+
+
+def test_calls_allow_interactive_authorization_only_when_asked(daemon: FakeDaemon) -> None:
+    flags: list[int] = []
+    connection = FakeConnection(daemon)
+    deliver = connection.send
+
+    def send(message: Message, serial: int) -> None:
+        flags.append(int(message.header.flags))
+        deliver(message, serial)
+
+    connection.send = send  # type: ignore[method-assign]
+    for interactive in (False, True):
+        vbus.DaemonBus(connection, interactive=interactive).call(
+            contract.MANAGER_PATH, contract.MANAGER_INTERFACE, "FindServer", "s", "vpn"
+        )
+    # 4: ALLOW_INTERACTIVE_AUTHORIZATION, so polkit may ask for a password.
+    assert [bool(f & 4) for f in flags] == [False, True]
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_main_lets_polkit_ask_only_a_person_at_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tty: bool
+) -> None:
+    asked: list[bool] = []
+
+    def fake_open(*, interactive: bool = False) -> vbus.DaemonBus:
+        asked.append(interactive)
+        raise errors.BusUnreachable(errors.UNREACHABLE_MESSAGE)
+
+    monkeypatch.setattr(vbus.DaemonBus, "open", staticmethod(fake_open))
+    monkeypatch.setattr("sys.stdin", Terminal() if tty else io.StringIO())
+    assert cli.main(["status"]) == errors.EXIT_UNREACHABLE
+    assert asked == [tty]
+
+
 def connect_script(daemon: FakeDaemon, final: dict[str, tuple[str, Any]]) -> list[tuple[Any, ...]]:
     """Connect creates the connection and emits before and right after it answers
     (so before vpnctl reads the state); later the connection moves on to `final`."""

@@ -1,78 +1,39 @@
 """The D-Bus objects: the daemon's only public surface.
 
-Each method identifies the caller, checks ownership, validates arguments,
-delegates to the manager and maps errors to named D-Bus errors. Flow logic
-lives in the manager; this module only translates.
+Each method validates its arguments, decides access through the Gate
+(ownership, then polkit), delegates to the manager and returns what the
+interface declares (`vpnd.bus.spec`). Flow logic lives in the manager; the
+router (`vpnd.bus.router`) does the D-Bus plumbing; this module translates.
+
+What other users learn: nothing of a user's servers or connections. They
+cannot read, list, introspect or use them, and signals about them go only to
+the owner's bus connections (and root's, and for system-wide servers to
+administrators polkit let in). ActiveConnection is "/" for a caller who may
+not read the connection; Connect while another user's connection is up is
+refused as Busy without naming it.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Any
 
-from dbus_fast import DBusError, Variant
+from dbus_fast import Variant
 from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import (
-    DBusBool,
-    DBusDict,
-    DBusObjectPath,
-    DBusSignature,
-    DBusStr,
-    DBusUInt32,
-    DBusUInt64,
-)
-from dbus_fast.constants import PropertyAccess
-from dbus_fast.service import (
-    ServiceInterface,
-    dbus_method,
-    dbus_property,
-    dbus_signal,
-)
 
 from vpnd import __version__
-from vpnd.bus.caller import Callers, check_owner
-from vpnd.errors import InvalidArgument, NotFound, VpndError
+from vpnd.bus import polkit, spec, validate
+from vpnd.bus.access import NOT_YOURS, Gate
+from vpnd.bus.caller import SYSTEM_OWNER, Call, Callers
+from vpnd.bus.router import BusObject, Router
+from vpnd.errors import NotAuthorized, NotFound, VpndError
 from vpnd.manager import Connection, Manager, Server
 
 log = logging.getLogger("vpnd.bus")
 
-ROOT_PATH = "/org/vpnd/Daemon"
-SERVERS_PATH = ROOT_PATH + "/servers"
-CONNECTIONS_PATH = ROOT_PATH + "/connections"
-
-ServerMap = Annotated[dict[str, dict[str, Variant]], DBusSignature("a{oa{sv}}")]
-ProfileList = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
-SignalBody = Annotated[list[Any], DBusSignature("bss")]
-StateBody = Annotated[list[Any], DBusSignature("sss")]
-# A method with no reply arguments (a bare `None` would be read as a missing signature).
-NoReply = Annotated[None, DBusSignature("")]
-
-_MAX_ARG = 2048
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def bus_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Turn the daemon's errors into named D-Bus errors; hide everything else."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(*args, **kwargs)
-        except VpndError as exc:
-            raise DBusError(exc.dbus_name, exc.message) from None
-        except DBusError:
-            raise
-        except Exception:
-            log.exception("%s failed", fn.__name__)
-            raise DBusError(
-                "org.vpnd.Error.Failed", "internal error in vpnd; see `journalctl -u vpnd`"
-            ) from None
-
-    return wrapper
+ROOT_PATH = spec.ROOT_PATH
+SERVERS_PATH = spec.SERVERS_PATH
+CONNECTIONS_PATH = spec.CONNECTIONS_PATH
 
 
 def server_path(server: Server) -> str:
@@ -85,112 +46,152 @@ def connection_path(connection: Connection) -> str:
     return f"{CONNECTIONS_PATH}/{connection.conn_id}"
 
 
-def _text_arg(value: str, what: str) -> str:
-    if len(value) > _MAX_ARG or any(ord(c) < 32 for c in value):
-        raise InvalidArgument(f"the {what} is too long or contains control characters")
-    return value
-
-
-def server_properties(server: Server) -> dict[str, Variant]:
-    """A server's Server1 properties, as ListServers returns them."""
+def server_properties(server: Server) -> dict[str, Any]:
+    """A server's Server1 property values."""
     return {
-        "Url": Variant("s", server.url),
-        "Host": Variant("s", server.host),
-        "Owner": Variant("u", server.owner),
-        "Authorized": Variant("b", server.authorized),
-        "AuthorizationPending": Variant("b", server.authorization_pending),
-        "SessionExpiry": Variant("t", int(server.record.session_expiry)),
+        "Url": server.url,
+        "Host": server.host,
+        "Owner": server.owner,
+        "Authorized": server.authorized,
+        "AuthorizationPending": server.authorization_pending,
+        "SessionExpiry": int(server.record.session_expiry),
     }
 
 
-class ManagerInterface(ServiceInterface):
-    """org.vpnd.Manager1 on /org/vpnd/Daemon."""
+def connection_properties(connection: Connection) -> dict[str, Any]:
+    """A connection's Connection1 property values."""
+    return {
+        "State": str(connection.state),
+        "Detail": connection.detail,
+        "Server": server_path(connection.server),
+        "ServerUrl": connection.server.url,
+        "Profile": connection.profile_id,
+        "Owner": connection.owner,
+        "TunnelIP": connection.tunnel_ip,
+        "TunnelIPv6": connection.tunnel_ipv6,
+        "Remote": connection.remote,
+        "BytesIn": connection.bytes_in,
+        "BytesOut": connection.bytes_out,
+        "ConnectedSince": int(connection.connected_since),
+        "SessionExpiry": int(connection.session_expiry),
+        "Error": connection.error,
+        "ErrorMessage": connection.error_message,
+    }
+
+
+def _server_map(servers: list[Server]) -> dict[str, dict[str, Variant]]:
+    signatures = spec.SERVER.properties
+    return {
+        server_path(s): {
+            name: Variant(signatures[name], value) for name, value in server_properties(s).items()
+        }
+        for s in servers
+    }
+
+
+class ManagerObject(BusObject):
+    """org.vpnd.Manager1 on /org/vpnd/Daemon: anyone may call it; it shows each caller their own."""
+
+    interface = spec.MANAGER
 
     def __init__(self, frontend: BusFrontend) -> None:
-        super().__init__("org.vpnd.Manager1")
+        super().__init__(ROOT_PATH)
         self._frontend = frontend
 
     @property
     def _manager(self) -> Manager:
         return self._frontend.manager
 
-    @dbus_method()
-    @bus_errors
-    async def AddServer(self, url: DBusStr) -> DBusObjectPath:
-        uid = await self._frontend.callers.uid()
-        server = await self._manager.add_server(uid, _text_arg(url, "URL"))
-        return server_path(server)
+    @property
+    def _gate(self) -> Gate:
+        return self._frontend.gate
 
-    @dbus_method()
-    @bus_errors
-    async def RemoveServer(self, server: DBusObjectPath) -> NoReply:
-        uid = await self._frontend.callers.uid()
-        target = self._frontend.server_at(server)
-        check_owner(uid, target.owner)
-        await self._manager.remove_server(target)
+    async def AddServer(self, call: Call, url: str) -> str:
+        url = validate.url(url)
+        await self._gate.require(call, call.uid, polkit.MANAGE_OWN_SERVERS)
+        return server_path(await self._manager.add_server(call.uid, url))
 
-    @dbus_method()
-    @bus_errors
-    async def FindServer(self, query: DBusStr) -> DBusObjectPath:
-        uid = await self._frontend.callers.uid()
-        return server_path(self._manager.find_server(uid, _text_arg(query, "server name")))
+    async def AddSystemServer(self, call: Call, url: str) -> str:
+        url = validate.url(url)
+        await self._gate.require(call, SYSTEM_OWNER, polkit.MANAGE_OWN_SERVERS)
+        return server_path(await self._manager.add_server(SYSTEM_OWNER, url))
 
-    @dbus_method()
-    @bus_errors
-    async def ListServers(self) -> ServerMap:
-        uid = await self._frontend.callers.uid()
-        return {server_path(s): server_properties(s) for s in self._manager.servers_of(uid)}
+    async def RemoveServer(self, call: Call, path: str) -> None:
+        server = self._frontend.server_at(validate.server_path(path))
+        await self._gate.require(call, server.owner, polkit.MANAGE_OWN_SERVERS)
+        await self._manager.remove_server(server)
 
-    @dbus_method()
-    @bus_errors
-    async def Disconnect(self) -> NoReply:
-        uid = await self._frontend.callers.uid()
+    async def FindServer(self, call: Call, query: str) -> str:
+        query = validate.query(query)
+        await self._gate.require(call, call.uid)
+        return server_path(self._manager.find_server(call.uid, query))
+
+    async def FindSystemServer(self, call: Call, query: str) -> str:
+        query = validate.query(query)
+        await self._gate.require(call, SYSTEM_OWNER)
+        try:
+            return server_path(self._manager.find_server(SYSTEM_OWNER, query))
+        except NotFound:
+            raise NotFound(
+                f"no system-wide server matches {query!r}; `vpnctl --system list` shows them"
+            ) from None
+
+    async def ListServers(self, call: Call) -> dict[str, dict[str, Variant]]:
+        await self._gate.require(call, call.uid)
+        return _server_map(self._manager.servers_of(call.uid))
+
+    async def ListSystemServers(self, call: Call) -> dict[str, dict[str, Variant]]:
+        await self._gate.require(call, SYSTEM_OWNER)
+        return _server_map(self._manager.servers_of(SYSTEM_OWNER))
+
+    async def Disconnect(self, call: Call) -> None:
         connection = self._manager.connection
         if connection is None or connection.machine.finished:
+            await self._gate.require(call, call.uid)
             return
-        check_owner(uid, connection.owner)
+        try:
+            await self._gate.require(call, connection.owner, polkit.CONNECT)
+        except NotAuthorized as exc:
+            if exc.message != NOT_YOURS:
+                raise
+            raise NotAuthorized(
+                "the VPN connection was made by another user; only they or root can end it"
+            ) from None
         await self._manager.disconnect(connection)
 
-    @dbus_property(access=PropertyAccess.READ)
-    def Version(self) -> DBusStr:
-        return __version__
-
-    @dbus_property(access=PropertyAccess.READ)
-    def ActiveConnection(self) -> DBusObjectPath:
+    async def properties(self, call: Call) -> dict[str, Any]:
         connection = self._manager.connection
-        return connection_path(connection) if connection is not None else "/"
-
-    @dbus_signal()
-    def ServerAdded(self, server: str) -> DBusObjectPath:
-        return server
-
-    @dbus_signal()
-    def ServerRemoved(self, server: str) -> DBusObjectPath:
-        return server
+        visible = connection is not None and await self._gate.may_read(call, connection.owner)
+        return {
+            "Version": __version__,
+            "ActiveConnection": connection_path(connection)
+            if connection is not None and visible
+            else "/",
+        }
 
 
-class ServerInterface(ServiceInterface):
-    """org.vpnd.Server1: one added server."""
+class ServerObject(BusObject):
+    """org.vpnd.Server1: one added server, its owner's alone."""
+
+    interface = spec.SERVER
 
     def __init__(self, frontend: BusFrontend, server: Server) -> None:
-        super().__init__("org.vpnd.Server1")
+        super().__init__(server_path(server))
         self._frontend = frontend
         self.server = server
 
-    async def _check_caller(self) -> None:
-        check_owner(await self._frontend.callers.uid(), self.server.owner)
+    @property
+    def owner(self) -> int:
+        return self.server.owner
 
-    @dbus_method()
-    @bus_errors
-    async def Authorize(self) -> DBusStr:
-        await self._check_caller()
+    async def Authorize(self, call: Call) -> str:
+        await self._frontend.gate.require(call, self.owner, polkit.MANAGE_OWN_SERVERS)
         return await self._frontend.manager.authorize(self.server)
 
-    @dbus_method()
-    @bus_errors
-    async def GetProfiles(self, locale: DBusStr) -> ProfileList:
-        await self._check_caller()
-        profiles = await self._frontend.manager.profiles(self.server, _text_arg(locale, "locale"))
+    async def GetProfiles(self, call: Call, locale: str) -> list[dict[str, Variant]]:
+        locale = validate.locale(locale)
+        await self._frontend.gate.require(call, self.owner)
+        profiles = await self._frontend.manager.profiles(self.server, locale)
         return [
             {
                 "profile_id": Variant("s", p["profile_id"]),
@@ -201,136 +202,45 @@ class ServerInterface(ServiceInterface):
             for p in profiles
         ]
 
-    @dbus_method()
-    @bus_errors
-    async def Connect(self, profile_id: DBusStr, options: DBusDict) -> DBusObjectPath:
-        await self._check_caller()
-        prefer_tcp = False
-        for key, value in options.items():
-            if key != "prefer_tcp" or value.signature != "b":
-                raise InvalidArgument(
-                    f"unknown connect option {key!r} (known: prefer_tcp as boolean)"
-                )
-            prefer_tcp = bool(value.value)
-        connection = self._frontend.manager.connect(
-            self.server, _text_arg(profile_id, "profile id"), prefer_tcp=prefer_tcp
-        )
+    async def Connect(self, call: Call, profile_id: str, options: dict[str, Any]) -> str:
+        profile_id = validate.profile_id(profile_id)
+        prefer_tcp = validate.connect_options(options)
+        await self._frontend.gate.require(call, self.owner, polkit.CONNECT)
+        connection = self._frontend.manager.connect(self.server, profile_id, prefer_tcp=prefer_tcp)
         return connection_path(connection)
 
-    @dbus_property(access=PropertyAccess.READ)
-    def Url(self) -> DBusStr:
-        return self.server.url
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Host(self) -> DBusStr:
-        return self.server.host
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Owner(self) -> DBusUInt32:
-        return self.server.owner
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Authorized(self) -> DBusBool:
-        return self.server.authorized
-
-    @dbus_property(access=PropertyAccess.READ)
-    def AuthorizationPending(self) -> DBusBool:
-        return self.server.authorization_pending
-
-    @dbus_property(access=PropertyAccess.READ)
-    def SessionExpiry(self) -> DBusUInt64:
-        return int(self.server.record.session_expiry)
-
-    @dbus_signal()
-    def AuthorizationFinished(self, success: bool, error: str, message: str) -> SignalBody:
-        return [success, error, message]
+    async def properties(self, call: Call) -> dict[str, Any]:
+        return server_properties(self.server)
 
 
-class ConnectionInterface(ServiceInterface):
-    """org.vpnd.Connection1: one connection attempt."""
+class ConnectionObject(BusObject):
+    """org.vpnd.Connection1: one connection attempt, its owner's alone."""
+
+    interface = spec.CONNECTION
 
     def __init__(self, frontend: BusFrontend, connection: Connection) -> None:
-        super().__init__("org.vpnd.Connection1")
+        super().__init__(connection_path(connection))
         self._frontend = frontend
         self.connection = connection
 
-    @dbus_method()
-    @bus_errors
-    async def Disconnect(self) -> NoReply:
-        check_owner(await self._frontend.callers.uid(), self.connection.owner)
-        await self._frontend.manager.disconnect(self.connection)
-
-    @dbus_property(access=PropertyAccess.READ)
-    def State(self) -> DBusStr:
-        return str(self.connection.state)
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Detail(self) -> DBusStr:
-        return self.connection.detail
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Server(self) -> DBusObjectPath:
-        return server_path(self.connection.server)
-
-    @dbus_property(access=PropertyAccess.READ)
-    def ServerUrl(self) -> DBusStr:
-        return self.connection.server.url
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Profile(self) -> DBusStr:
-        return self.connection.profile_id
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Owner(self) -> DBusUInt32:
+    @property
+    def owner(self) -> int:
         return self.connection.owner
 
-    @dbus_property(access=PropertyAccess.READ)
-    def TunnelIP(self) -> DBusStr:
-        return self.connection.tunnel_ip
+    async def Disconnect(self, call: Call) -> None:
+        await self._frontend.gate.require(call, self.owner, polkit.CONNECT)
+        await self._frontend.manager.disconnect(self.connection)
 
-    @dbus_property(access=PropertyAccess.READ)
-    def TunnelIPv6(self) -> DBusStr:
-        return self.connection.tunnel_ipv6
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Remote(self) -> DBusStr:
-        return self.connection.remote
-
-    @dbus_property(access=PropertyAccess.READ)
-    def BytesIn(self) -> DBusUInt64:
-        return self.connection.bytes_in
-
-    @dbus_property(access=PropertyAccess.READ)
-    def BytesOut(self) -> DBusUInt64:
-        return self.connection.bytes_out
-
-    @dbus_property(access=PropertyAccess.READ)
-    def ConnectedSince(self) -> DBusUInt64:
-        return int(self.connection.connected_since)
-
-    @dbus_property(access=PropertyAccess.READ)
-    def SessionExpiry(self) -> DBusUInt64:
-        return int(self.connection.session_expiry)
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Error(self) -> DBusStr:
-        return self.connection.error
-
-    @dbus_property(access=PropertyAccess.READ)
-    def ErrorMessage(self) -> DBusStr:
-        return self.connection.error_message
-
-    @dbus_signal()
-    def StateChanged(self, state: str, error: str, message: str) -> StateBody:
-        return [state, error, message]
+    async def properties(self, call: Call) -> dict[str, Any]:
+        return connection_properties(self.connection)
 
 
-_SERVER_PROPERTIES = {
+_SERVER_FIELDS = {
     "authorized": "Authorized",
     "authorization_pending": "AuthorizationPending",
     "session_expiry": "SessionExpiry",
 }
-_CONNECTION_PROPERTIES = {
+_CONNECTION_FIELDS = {
     "state": "State",
     "detail": "Detail",
     "tunnel_ip": "TunnelIP",
@@ -348,13 +258,15 @@ _CONNECTION_PROPERTIES = {
 class BusFrontend:
     """Publishes the manager's objects on the bus and implements its Listener."""
 
-    def __init__(self, bus: MessageBus) -> None:
+    def __init__(self, bus: MessageBus, authority: polkit.Authority | None = None) -> None:
         self.bus = bus
         self.callers = Callers(bus)
+        self.gate = Gate(self.callers, authority or polkit.Authority(bus))
+        self.router = Router(bus, self.callers, self.gate)
         self._manager: Manager | None = None
-        self._root = ManagerInterface(self)
-        self._servers: dict[str, ServerInterface] = {}
-        self._connections: dict[str, ConnectionInterface] = {}
+        self._root = ManagerObject(self)
+        # Who owned the connection ActiveConnection last pointed at.
+        self._active_owner: int | None = None
 
     @property
     def manager(self) -> Manager:
@@ -363,75 +275,85 @@ class BusFrontend:
         return self._manager
 
     def attach(self, manager: Manager) -> None:
-        """Serve `manager` and export the root object."""
+        """Serve `manager`: take method calls and publish the root object."""
         self._manager = manager
-        self.callers.install()
-        self.bus.export(ROOT_PATH, self._root)
+        self.callers.watch()
+        self.router.install()
+        self.router.add(self._root)
 
     def server_at(self, path: str) -> Server:
-        """The server exported at `path`."""
-        interface = self._servers.get(path)
-        if interface is None:
+        """The server served at `path`."""
+        obj = self.router.get(path)
+        if not isinstance(obj, ServerObject):
             raise NotFound(f"no server at {path}")
-        return interface.server
+        return obj.server
+
+    def _server_object(self, server: Server) -> ServerObject | None:
+        obj = self.router.get(server_path(server))
+        return obj if isinstance(obj, ServerObject) else None
+
+    def _connection_object(self, connection: Connection) -> ConnectionObject | None:
+        obj = self.router.get(connection_path(connection))
+        return obj if isinstance(obj, ConnectionObject) else None
 
     # -- Listener ---------------------------------------------------------
 
     def server_added(self, server: Server) -> None:
-        path = server_path(server)
-        interface = ServerInterface(self, server)
-        self._servers[path] = interface
-        self.bus.export(path, interface)
-        self._root.ServerAdded(path)
+        obj = ServerObject(self, server)
+        self.router.add(obj)
+        self.router.emit(self._root, "ServerAdded", [obj.path], owner=server.owner)
 
     def server_removed(self, server: Server) -> None:
         path = server_path(server)
-        interface = self._servers.pop(path, None)
-        if interface is not None:
-            self.bus.unexport(path, interface)
-        self._root.ServerRemoved(path)
+        self.router.remove(path)
+        self.router.emit(self._root, "ServerRemoved", [path], owner=server.owner)
 
     def server_changed(self, server: Server, fields: set[str]) -> None:
-        interface = self._servers.get(server_path(server))
-        if interface is None:
+        obj = self._server_object(server)
+        if obj is None:
             return
-        properties = server_properties(server)
-        interface.emit_properties_changed(
-            {_SERVER_PROPERTIES[f]: properties[_SERVER_PROPERTIES[f]].value for f in fields}
-        )
+        values = server_properties(server)
+        changed = {_SERVER_FIELDS[f]: values[_SERVER_FIELDS[f]] for f in fields}
+        self.router.emit_properties_changed(obj, changed, owner=server.owner)
 
     def authorization_finished(self, server: Server, error: VpndError | None) -> None:
-        interface = self._servers.get(server_path(server))
-        if interface is None:
+        obj = self._server_object(server)
+        if obj is None:
             return
-        if error is None:
-            interface.AuthorizationFinished(True, "", "")
-        else:
-            interface.AuthorizationFinished(False, error.dbus_name, error.message)
+        body: list[Any] = [True, "", ""]
+        if error is not None:
+            body = [False, error.dbus_name, error.message]
+        self.router.emit(obj, "AuthorizationFinished", body, owner=server.owner)
 
     def connection_added(self, connection: Connection) -> None:
-        path = connection_path(connection)
-        interface = ConnectionInterface(self, connection)
-        self._connections[path] = interface
-        self.bus.export(path, interface)
-        self._root.emit_properties_changed({"ActiveConnection": path})
+        obj = ConnectionObject(self, connection)
+        self.router.add(obj)
+        readers = self.callers.recipients(connection.owner)
+        self.router.emit_properties_changed(
+            self._root, {"ActiveConnection": obj.path}, owner=connection.owner, to=readers
+        )
+        if self._active_owner is not None and self._active_owner != connection.owner:
+            # Those who saw the last connection and may not see this one see none.
+            others = sorted(set(self.callers.recipients(self._active_owner)) - set(readers))
+            self.router.emit_properties_changed(
+                self._root, {"ActiveConnection": "/"}, owner=self._active_owner, to=others
+            )
+        self._active_owner = connection.owner
 
     def connection_removed(self, connection: Connection) -> None:
-        path = connection_path(connection)
-        interface = self._connections.pop(path, None)
-        if interface is not None:
-            self.bus.unexport(path, interface)
+        self.router.remove(connection_path(connection))
 
     def connection_changed(self, connection: Connection, fields: set[str]) -> None:
-        interface = self._connections.get(connection_path(connection))
-        if interface is None:
+        obj = self._connection_object(connection)
+        if obj is None:
             return
-        changed: dict[str, Any] = {}
-        for name in fields:
-            prop = _CONNECTION_PROPERTIES[name]
-            changed[prop] = getattr(interface, prop)
-        interface.emit_properties_changed(changed)
+        values = connection_properties(connection)
+        changed = {_CONNECTION_FIELDS[f]: values[_CONNECTION_FIELDS[f]] for f in fields}
+        self.router.emit_properties_changed(obj, changed, owner=connection.owner)
         if "state" in fields:
-            interface.StateChanged(
-                str(connection.state), connection.error, connection.error_message
+            self.router.emit(
+                obj,
+                "StateChanged",
+                [str(connection.state), connection.error, connection.error_message],
+                owner=connection.owner,
             )

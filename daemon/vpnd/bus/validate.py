@@ -1,0 +1,84 @@
+"""Checks of D-Bus arguments, before anything is looked up, asked or changed.
+
+Each returns the value to use or raises InvalidArgument with a message for a
+person. The bus has already checked the types; these check the contents.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from dbus_fast import Variant
+
+from vpnd.bus.spec import SERVERS_PATH
+from vpnd.errors import InvalidArgument
+
+MAX_TEXT = 2048
+MAX_OPTIONS = 16
+
+_PROFILE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# A POSIX locale or a LANGUAGE list: "nl_NL.UTF-8", "sr_RS@latin", "de_DE:fr".
+_LOCALE = re.compile(r"[A-Za-z0-9_.@:+-]{0,128}")
+_SERVER_PATH = re.compile(re.escape(SERVERS_PATH) + r"/[0-9a-f]{16}")
+
+CONNECT_OPTIONS = {"prefer_tcp": "b"}
+
+
+def text(value: str, what: str, *, limit: int = MAX_TEXT) -> str:
+    """A free-form string argument: bounded, no control characters."""
+    if len(value) > limit:
+        raise InvalidArgument(f"the {what} is longer than {limit} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidArgument(f"the {what} contains control characters")
+    return value
+
+
+def url(value: str) -> str:
+    """A server URL as given (the manager normalizes it and insists on https)."""
+    return text(value, "server URL")
+
+
+def query(value: str) -> str:
+    """A server's URL, host name or part of its URL."""
+    value = text(value, "server name").strip()
+    if not value:
+        raise InvalidArgument("name a server by its URL or host name")
+    return value
+
+
+def locale(value: str) -> str:
+    """A locale for display names, "" for the server's default."""
+    if not _LOCALE.fullmatch(value):
+        raise InvalidArgument(
+            f"{value[:40]!r} is not a locale (like nl_NL.UTF-8, or empty for the default)"
+        )
+    return value
+
+
+def profile_id(value: str) -> str:
+    """A profile id as servers name them."""
+    if not _PROFILE_ID.fullmatch(value):
+        raise InvalidArgument("a profile id is 1 to 64 letters, digits, '.', '_' or '-'")
+    return value
+
+
+def connect_options(options: dict[str, Any]) -> bool:
+    """Connect's options; returns prefer_tcp."""
+    if len(options) > MAX_OPTIONS:
+        raise InvalidArgument(f"more than {MAX_OPTIONS} connect options")
+    prefer_tcp = False
+    for key, value in options.items():
+        expected = CONNECT_OPTIONS.get(key)
+        if expected is None or not isinstance(value, Variant) or value.signature != expected:
+            known = ", ".join(f"{k} ({s})" for k, s in CONNECT_OPTIONS.items())
+            raise InvalidArgument(f"unknown connect option {key[:40]!r} (known: {known})")
+        prefer_tcp = bool(value.value)
+    return prefer_tcp
+
+
+def server_path(value: str) -> str:
+    """The object path of a server."""
+    if not _SERVER_PATH.fullmatch(value):
+        raise InvalidArgument(f"{value[:80]!r} is not the object path of a vpnd server")
+    return value
