@@ -108,8 +108,10 @@ async def run(settings: config.Settings) -> int:
     http = HttpClient(ca_file=settings.ca_file, timeout=settings.http_timeout)
     tunnel_settings = TunnelSettings(runtime_dir=settings.runtime_dir, openvpn=settings.openvpn)
 
-    def new_tunnel(name: str, text: str, on_event: Callable[[TunnelEvent], None]) -> Tunnel:
-        return Tunnel(name, text, tunnel_settings, on_event)
+    def new_tunnel(
+        name: str, text: str, key: bytes | None, on_event: Callable[[TunnelEvent], None]
+    ) -> Tunnel:
+        return Tunnel(name, text, tunnel_settings, on_event, private_key=key)
 
     try:
         bus = await MessageBus(bus_type=BusType.SYSTEM).connect()

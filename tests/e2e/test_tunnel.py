@@ -1,30 +1,40 @@
-"""The openvpn child process: start, fail, stop, and a real tunnel through the lab.
+"""The openvpn child process: start, fail, stop, and real tunnels through the lab.
 
 Every test checks what must be left behind: no process, no socket file, no
-tun device.
+tun device. Real tunnels sign through the daemon (`--management-external-key`)
+with EC, RSA and Ed25519 keys, over TLS 1.3 and TLS 1.2.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import ipaddress
+import logging
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from tests.lab.netns import DATA_CIPHERS, OpenVPNLab, Remote, build_client_config
-from tests.lab.pki import LabPKI
+from tests.lab.pki import KeyType, LabPKI
 from vpnd.errors import TunnelFailed
 from vpnd.protocols.management import ByteCountEvent, StateEvent
-from vpnd.tunnel.openvpn import Tunnel, TunnelEvent, TunnelExited, TunnelSettings
+from vpnd.protocols.ovpnconfig import inline_block, sanitize, without
+from vpnd.tunnel.openvpn import DEFAULT_USER, Tunnel, TunnelEvent, TunnelExited, TunnelSettings
 
 pytestmark = pytest.mark.e2e
 
@@ -54,10 +64,13 @@ class Recorder:
     def exits(self) -> list[TunnelExited]:
         return [e for e in self.events if isinstance(e, TunnelExited)]
 
-    async def wait_for(self, predicate: Callable[[TunnelEvent], bool]) -> TunnelEvent:
+    async def wait_for(
+        self, predicate: Callable[[TunnelEvent], bool], after: int = 0
+    ) -> TunnelEvent:
+        """The first event from index `after` on that `predicate` accepts, once it comes."""
         async with asyncio.timeout(WAIT):
             while True:
-                for event in self.events:
+                for event in self.events[after:]:
                     if predicate(event):
                         return event
                 self._changed.clear()
@@ -69,22 +82,51 @@ class Recorder:
         return event
 
 
-MakeTunnel = Callable[[str, str, TunnelSettings], tuple[Tunnel, Recorder]]
+class MakeTunnel:
+    """Makes tunnels with their event recorders; the fixture stops whatever is left running."""
+
+    def __init__(self) -> None:
+        self.made: list[Tunnel] = []
+
+    def __call__(
+        self,
+        name: str,
+        config: str,
+        settings: TunnelSettings,
+        *,
+        private_key: bytes | None = None,
+    ) -> tuple[Tunnel, Recorder]:
+        recorder = Recorder()
+        self.made.append(Tunnel(name, config, settings, recorder, private_key=private_key))
+        return self.made[-1], recorder
 
 
 @pytest.fixture
 async def make_tunnel() -> AsyncIterator[MakeTunnel]:
     """Tunnels with their event recorders; whatever a test leaves running is stopped after it."""
-    made: list[Tunnel] = []
-
-    def make(name: str, config: str, settings: TunnelSettings) -> tuple[Tunnel, Recorder]:
-        recorder = Recorder()
-        made.append(Tunnel(name, config, settings, recorder))
-        return made[-1], recorder
-
+    make = MakeTunnel()
     yield make
-    for tunnel in made:
+    for tunnel in make.made:
         await tunnel.stop()
+
+
+@pytest.fixture(scope="session")
+def openvpn_user() -> str:
+    """The account openvpn drops to, created when the machine lacks it.
+
+    `make test` creates it for CI; this is for a machine where only pytest runs.
+    """
+    try:
+        pwd.getpwnam(DEFAULT_USER)
+    except KeyError:
+        if os.geteuid() != 0:
+            pytest.skip(f"the user {DEFAULT_USER} is missing and only root can create it")
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+             DEFAULT_USER],
+            check=True,
+        )  # fmt: skip
+    return DEFAULT_USER
 
 
 @pytest.fixture
@@ -95,8 +137,49 @@ def runtime_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def settings(runtime_dir: Path) -> TunnelSettings:
+def settings(runtime_dir: Path, openvpn_user: str) -> TunnelSettings:
     return TunnelSettings(runtime_dir=runtime_dir)
+
+
+def split_key(profile: str) -> tuple[str, bytes]:
+    """The profile as the daemon hands it to a tunnel: sanitized, without its key; and the key."""
+    config = sanitize(profile)
+    key = inline_block(config, "key")
+    assert key is not None
+    return without(config, "key").render(), key.encode()
+
+
+def key_body(key_pem: bytes) -> list[bytes]:
+    """The base64 lines of a PEM key: what must never show up anywhere openvpn can read."""
+    return [line for line in key_pem.splitlines() if line and not line.startswith(b"-----")]
+
+
+def signed_algorithms(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The algorithms of the >PK_SIGN requests the tunnel answered, from its debug log."""
+    return [
+        str(record.args[1])
+        for record in caplog.records
+        if record.msg == "tunnel %s: signed for openvpn (%s)" and isinstance(record.args, tuple)
+    ]
+
+
+async def ping(address: str) -> bool:
+    process = await asyncio.create_subprocess_exec(
+        "ping", "-c", "1", "-W", "5", address,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    return await process.wait() == 0
+
+
+async def connected(recorder: Recorder, after: int = 0) -> StateEvent:
+    """The first CONNECTED state among the recorder's events from index `after` on."""
+    event = await recorder.wait_for(
+        lambda e: isinstance(e, StateEvent) and e.name == "CONNECTED", after
+    )
+    assert isinstance(event, StateEvent)
+    assert event.detail == "SUCCESS"
+    return event
 
 
 def unused_udp_port() -> int:
@@ -352,6 +435,207 @@ async def test_a_real_tunnel_carries_packets(
     assert not Path("/sys/class/net", device).exists()
 
 
+# --- the private key stays in the daemon: openvpn asks for signatures -------------
+
+
+class ExtraServer:
+    """One more openvpn server (UDP) in the lab's namespace, set up for TLS 1.2.
+
+    `client_sigalgs` restricts the signatures it accepts from clients (OpenSSL's
+    ClientSignatureAlgorithms): "RSA+SHA256" leaves a client nothing but
+    PKCS#1 v1.5, as an older server would.
+    """
+
+    def __init__(
+        self, lab: OpenVPNLab, workdir: Path, name: str, port: int, net: int,
+        client_sigalgs: str | None = None,
+    ) -> None:  # fmt: skip
+        self.lab = lab
+        self.port = port
+        self.subnet = f"10.{net}.{lab.slot}.0"
+        self.gateway = f"10.{net}.{lab.slot}.1"
+        self.log_path = workdir / f"{name}.log"
+        config = workdir / f"{name}.conf"
+        pki = lab.pki
+        config.write_text(
+            "\n".join([
+                f"dev {name}", "dev-type tun", "proto udp", f"local {lab.server_address}",
+                f"port {port}", "topology subnet", f"server {self.subnet} 255.255.255.0",
+                f'push "route {self.subnet} 255.255.255.0"', "dh none",
+                f"ca {pki.ca_path}", f"cert {pki.server_cert_path}",
+                f"key {pki.server_key_path}", f"tls-crypt {pki.tls_crypt_path}",
+                "remote-cert-tls client", "tls-version-min 1.2", "tls-version-max 1.2",
+                f"data-ciphers {DATA_CIPHERS}", "keepalive 10 60", "disable-dco", "verb 3",
+            ]) + "\n"
+        )  # fmt: skip
+        env = dict(os.environ)
+        if client_sigalgs is not None:
+            openssl_conf = workdir / f"{name}-openssl.cnf"
+            openssl_conf.write_text(
+                "openssl_conf = init\n[init]\nssl_conf = ssl\n[ssl]\nsystem_default = tls\n"
+                f"[tls]\nClientSignatureAlgorithms = {client_sigalgs}\n"
+            )
+            env["OPENSSL_CONF"] = str(openssl_conf)
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                ["ip", "netns", "exec", lab.netns, "openvpn", "--config", str(config)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+            )  # fmt: skip
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + WAIT
+        while "Initialization Sequence Completed" not in self.log_path.read_text(errors="replace"):
+            assert self.process.poll() is None, self.log_path.read_text(errors="replace")
+            assert time.monotonic() < deadline, self.log_path.read_text(errors="replace")
+            time.sleep(0.02)  # polling a log file with a deadline: nothing to await
+
+    def client_config(self, cert_pem: str, key_pem: str) -> str:
+        profile = build_client_config(
+            ca_pem=self.lab.pki.ca_pem,
+            cert_pem=cert_pem,
+            key_pem=key_pem,
+            tls_crypt_key=self.lab.pki.tls_crypt_key,
+            remotes=[Remote(self.lab.server_address, self.port, "udp")],
+        )
+        return profile.replace("tls-version-min 1.3", "tls-version-min 1.2\ntls-version-max 1.2")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def tls12_servers(
+    openvpn_lab: OpenVPNLab, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, ExtraServer]]:
+    """Two TLS 1.2 servers: one with OpenSSL's default signature algorithms, one PKCS#1-only."""
+    workdir = tmp_path_factory.mktemp("tls12")
+    servers = {
+        "default": ExtraServer(openvpn_lab, workdir, "lab-tls12", 1195, 216),
+        "pkcs1": ExtraServer(openvpn_lab, workdir, "lab-pkcs1", 1196, 217, "RSA+SHA256"),
+    }
+    try:
+        for server in servers.values():
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+async def bring_up_and_ping(
+    tunnel: Tunnel, recorder: Recorder, subnet: str, gateway: str
+) -> StateEvent:
+    await tunnel.start()
+    event = await connected(recorder)
+    assert ipaddress.ip_address(event.local_ip) in ipaddress.ip_network(subnet)
+    assert tun_device_with(event.local_ip) is not None
+    assert await ping(gateway)
+    return event
+
+
+@pytest.mark.parametrize(
+    ("key_type", "algorithm"),
+    [
+        ("ec", "ECDSA"),
+        # TLS 1.3 allows RSA only with PSS.
+        ("rsa", "RSA_PKCS1_PSS_PADDING,hashalg=SHA256,saltlen=digest"),
+        ("ed25519", "ED25519,data=message"),
+    ],
+)
+async def test_a_tunnel_signs_through_the_daemon(
+    openvpn_lab: OpenVPNLab,
+    client_profile_factory: Callable[..., str],
+    settings: TunnelSettings,
+    runtime_dir: Path,
+    make_tunnel: MakeTunnel,
+    caplog: pytest.LogCaptureFixture,
+    key_type: KeyType,
+    algorithm: str,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="vpnd.tunnel")
+    config, key = split_key(client_profile_factory(key_type=key_type))
+    tunnel, recorder = make_tunnel(f"ext-{key_type}", config, settings, private_key=key)
+
+    event = await bring_up_and_ping(
+        tunnel, recorder, openvpn_lab.tunnel_subnet("udp"), openvpn_lab.tunnel_gateway_udp
+    )
+    device = tun_device_with(event.local_ip)
+    await tunnel.stop()
+
+    # One handshake signs once; a retried one would sign again, the same way.
+    assert set(signed_algorithms(caplog)) == {algorithm}
+    [exited] = recorder.exits
+    assert exited.reason == "stopped"
+    assert_nothing_left(tunnel, runtime_dir)
+    assert device is not None and not Path("/sys/class/net", device).exists()
+    # Neither the key nor what was signed reaches the log.
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert not any(line.decode() in logged for line in key_body(key))
+
+
+@pytest.mark.parametrize(
+    ("server", "algorithm"),
+    [
+        # With both on offer openvpn (OpenSSL 3) picks PSS in TLS 1.2 too.
+        ("default", "RSA_PKCS1_PSS_PADDING,hashalg=SHA256,saltlen=digest"),
+        # A server that takes PKCS#1 v1.5 only gets a DigestInfo signed.
+        ("pkcs1", "RSA_PKCS1_PADDING"),
+    ],
+)
+async def test_an_rsa_key_over_tls_1_2(
+    tls12_servers: dict[str, ExtraServer],
+    lab_pki: LabPKI,
+    settings: TunnelSettings,
+    runtime_dir: Path,
+    make_tunnel: MakeTunnel,
+    caplog: pytest.LogCaptureFixture,
+    server: str,
+    algorithm: str,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="vpnd.tunnel")
+    extra = tls12_servers[server]
+    cert_pem, key_pem = lab_pki.issue_client(f"tls12-{server}", key_type="rsa")
+    config, key = split_key(extra.client_config(cert_pem, key_pem))
+    tunnel, recorder = make_tunnel(f"tls12-{server}", config, settings, private_key=key)
+
+    await bring_up_and_ping(tunnel, recorder, f"{extra.subnet}/24", extra.gateway)
+    await tunnel.stop()
+
+    assert set(signed_algorithms(caplog)) == {algorithm}
+    assert "TLSv1.2" in extra.log_path.read_text(errors="replace")
+    assert_nothing_left(tunnel, runtime_dir)
+
+
+async def test_a_config_with_a_key_is_refused_with_an_external_key(
+    lab_pki: LabPKI, settings: TunnelSettings
+) -> None:
+    _cert_pem, key_pem = lab_pki.issue_client("both-keys")
+    for key_line in (f"<key>\n{key_pem}</key>\n", "key /etc/client.key\n", "  --key x\n"):
+        with pytest.raises(ValueError, match="must not hold a key"):
+            Tunnel("both", "client\n" + key_line, settings, Recorder(), private_key=b"x")
+    # A directive that merely starts with "key" is no key.
+    Tunnel("fine", "client\nkeysize 256\n", settings, Recorder(), private_key=key_pem.encode())
+
+
+async def test_a_key_that_cannot_sign_fails_start_before_openvpn_runs(
+    unreachable_config: str, settings: TunnelSettings, runtime_dir: Path, make_tunnel: MakeTunnel
+) -> None:
+    config, _key = split_key(unreachable_config)
+    tunnel, recorder = make_tunnel("badkey", config, settings, private_key=b"not a key")
+
+    with pytest.raises(TunnelFailed, match="private key cannot be read"):
+        await tunnel.start()
+
+    assert tunnel.pid is None
+    assert recorder.events == []
+    assert_nothing_left(tunnel, runtime_dir)
+
+
 # --- a scripted stand-in for openvpn, for what a real server cannot be made to do ---
 
 FAKE_OPENVPN = """\
@@ -362,7 +646,7 @@ argv = sys.argv[1:]
 here = os.path.dirname(os.path.abspath(sys.argv[0]))
 record = os.path.join(here, "record")
 with open(os.path.join(here, "scenario")) as f:
-    scenario = f.read()
+    scenario, _, payload = f.read().partition("\\n")
 with open(record + ".argv", "w") as f:
     f.write("\\n".join(argv))
 with open(record + ".config", "w") as f:
@@ -403,11 +687,25 @@ if scenario == "auth-failure":
 if scenario == "violation":
     send(b">INFO:\\xff")
     time.sleep(60)  # until the daemon side ends it
+if scenario == "pk-sign":
+    # Each payload line is one request; the answers are recorded as they come.
+    for request in payload.split("\\n"):
+        send(b">PK_SIGN:" + request.encode())
+        for raw in lines:
+            with open(record + ".pksig", "a") as f:
+                f.write(raw.decode())  # line by line: whatever came is on record
+            if raw.strip() == b"END":
+                break
+        send(b"SUCCESS: pk-sign command succeeded")
+    for raw in lines:
+        if raw.startswith(b"signal"):
+            send(b"SUCCESS: signal SIGTERM thrown")
+            sys.exit(0)
 """
 
 
 @pytest.fixture
-def fake_openvpn(tmp_path: Path) -> Callable[[str], Path]:
+def fake_openvpn(tmp_path: Path, openvpn_user: str) -> Callable[[str], Path]:
     """Install the stand-in; returns a function that picks its scenario and gives the script."""
     script = tmp_path / "fake-openvpn"
     script.write_text(f"#!{sys.executable}\n{FAKE_OPENVPN}")
@@ -467,4 +765,84 @@ async def test_a_protocol_violation_ends_openvpn(
 
     assert not exited.requested
     assert "UTF-8" in exited.reason
+    assert_nothing_left(tunnel, runtime_dir)
+
+
+async def test_external_key_argv_and_answered_signatures(
+    fake_openvpn: Callable[[str], Path], tmp_path: Path, runtime_dir: Path, make_tunnel: MakeTunnel
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    digests = [hashlib.sha256(b"first").digest(), hashlib.sha384(b"second").digest()]
+    requests = [base64.b64encode(d).decode() + ",ECDSA" for d in digests]
+    script = fake_openvpn("pk-sign\n" + "\n".join(requests))
+    settings = TunnelSettings(runtime_dir=runtime_dir, openvpn=str(script))
+    tunnel, recorder = make_tunnel("fakesign", "client\n", settings, private_key=key_pem)
+
+    await tunnel.start()
+    record = tmp_path / "record.pksig"
+
+    def answered() -> list[str]:
+        return record.read_text().splitlines() if record.exists() else []
+
+    async with asyncio.timeout(WAIT):
+        while answered().count("END") < len(requests):
+            await asyncio.sleep(0.01)  # the stand-in writes its record as it goes
+    await tunnel.stop()
+
+    argv = (tmp_path / "record.argv").read_text().split("\n")
+    start = argv.index("--management-external-key")
+    assert argv[start : start + 3] == ["--management-external-key", "pkcs1", "pss"]
+    assert start > argv.index("/dev/stdin")
+    user = argv.index("--user")
+    assert argv[user : user + 4] == ["--user", DEFAULT_USER, "--group", DEFAULT_USER]
+    assert "--persist-tun" in argv
+    assert (tmp_path / "record.config").read_text() == "client\n"
+    lines = answered()
+    for value, hash_ in zip(digests, (hashes.SHA256(), hashes.SHA384()), strict=True):
+        end = lines.index("END")
+        head, body, lines = lines[0], lines[1:end], lines[end + 1 :]
+        assert head == "pk-sig"
+        signature = base64.b64decode("".join(body), validate=True)
+        key.public_key().verify(signature, value, ec.ECDSA(Prehashed(hash_)))
+    assert lines == []
+    [exited] = recorder.exits
+    assert exited.reason == "stopped"
+    assert_nothing_left(tunnel, runtime_dir)
+
+
+@pytest.mark.parametrize(
+    "request_text",
+    [
+        "AAAA,RSA_NO_PADDING",
+        base64.b64encode(bytes(32)).decode()
+        + ",RSA_PKCS1_PSS_PADDING,hashalg=SHA256,saltlen=digest",
+        "not base64,ECDSA",
+        "AAAA",
+    ],
+)
+async def test_a_signature_the_daemon_will_not_make_ends_openvpn(
+    fake_openvpn: Callable[[str], Path],
+    tmp_path: Path,
+    runtime_dir: Path,
+    make_tunnel: MakeTunnel,
+    request_text: str,
+) -> None:
+    key_pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    settings = TunnelSettings(runtime_dir=runtime_dir, openvpn=str(fake_openvpn(
+        "pk-sign\n" + request_text)))  # fmt: skip
+    tunnel, recorder = make_tunnel("refusing", "client\n", settings, private_key=key_pem)
+
+    with contextlib.suppress(TunnelFailed):
+        await tunnel.start()  # the request may come before start() returns
+    exited = await recorder.exited()
+
+    assert not exited.requested
+    assert "does not make" in exited.reason
+    # Nothing, not even an empty block, was sent in answer.
+    assert not (tmp_path / "record.pksig").exists()
     assert_nothing_left(tunnel, runtime_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 
 import pytest
@@ -28,6 +29,7 @@ from vpnd.protocols.management import (
     StateEvent,
     UnexpectedLine,
     command,
+    pk_sig,
 )
 
 # --- an openvpn-style tokenizer, to check command() against ---------------
@@ -448,3 +450,39 @@ def test_arbitrary_bytes_raise_nothing_but_protocol_violations(
     if multiline:
         parser.expect_multiline()
     _events_until_violation(parser, chunks)
+
+
+# --- pk-sig ------------------------------------------------------------------
+
+
+@given(st.binary(min_size=1, max_size=1024))
+@example(b"\x00" * 48)  # exactly one full line of base64
+@example(b"\xff" * 512)  # an RSA-4096 signature
+def test_pk_sig_is_a_block_of_single_word_lines(signature: bytes) -> None:
+    block = pk_sig(signature)
+
+    lines = block.split(b"\n")
+    assert lines[0] == b"pk-sig" and lines[-2:] == [b"END", b""]
+    body = lines[1:-2]
+    for line in body:
+        # openvpn reads each line alone: it must come through its tokenizer as one word.
+        assert openvpn_words(line + b"\n") == [line.decode()]
+    assert base64.b64decode(b"".join(body), validate=True) == signature
+
+
+def test_pk_sig_needs_a_signature() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        pk_sig(b"")
+
+
+def test_pk_sig_reply_and_a_request_during_a_reply() -> None:
+    parser = ManagementParser()
+    parser.expect_multiline()
+    events = parser.feed(
+        b"line 1\r\n>PK_SIGN:AAAA,ECDSA\r\nEND\r\nSUCCESS: pk-sign command succeeded\r\n"
+    )
+    assert events == [
+        PkSignEvent("AAAA", "ECDSA"),
+        CommandResult(ok=True, text="", lines=("line 1",)),
+        CommandResult(ok=True, text="pk-sign command succeeded"),
+    ]

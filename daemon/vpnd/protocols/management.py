@@ -19,6 +19,7 @@ so that a reply always belongs to the one command in flight.
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 
@@ -362,3 +363,20 @@ def command(*words: str) -> bytes:
             f"a management command is {len(line)} bytes; openvpn takes at most {limit}"
         )
     return line + b"\n"
+
+
+#: Characters of base64 per line of a `pk-sig` block, well within openvpn's
+#: 1023-byte input line.
+PK_SIG_LINE_CHARS = 64
+
+
+def pk_sig(signature: bytes) -> bytes:
+    """The answer to a >PK_SIGN: `pk-sig`, the signature in base64 lines, `END`.
+
+    openvpn replies to the whole block with one SUCCESS/ERROR line.
+    """
+    if not signature:
+        raise ValueError("an empty signature is no answer to >PK_SIGN")
+    text = base64.b64encode(signature).decode("ascii")
+    lines = [text[i : i + PK_SIG_LINE_CHARS] for i in range(0, len(text), PK_SIG_LINE_CHARS)]
+    return "\n".join(["pk-sig", *lines, "END"]).encode("ascii") + b"\n"

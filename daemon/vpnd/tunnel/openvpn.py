@@ -10,14 +10,24 @@ management connection as SIGTERM).
 The config text is handed to openvpn on its standard input (`--config
 /dev/stdin`), so key material never touches the disk. Options after it on the
 command line override whatever the config says.
+
+The private key does not go to openvpn at all: given one, the tunnel starts
+openvpn with `--management-external-key` and answers each `>PK_SIGN` with a
+signature made here. openvpn drops to an unprivileged user (`--user`,
+`--group`) once the tun device is open; linked with libcap-ng it keeps
+CAP_NET_ADMIN alone, which is what it needs to remove its routes and device
+on the way out, and `--persist-tun` keeps the device over a reconnect it
+could not set up again unprivileged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import logging
 import os
+import pwd
 import re
 import signal
 import socket
@@ -37,11 +47,14 @@ from vpnd.protocols.management import (
     HoldEvent,
     ManagementParser,
     PasswordEvent,
+    PkSignEvent,
     ProtocolViolation,
     StateEvent,
     UnexpectedLine,
     command,
+    pk_sig,
 )
+from vpnd.protocols.pksign import Signer, SigningError
 
 log = logging.getLogger("vpnd.tunnel")
 
@@ -51,6 +64,13 @@ _T = TypeVar("_T")
 MAX_VERB = 6
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: The account openvpn runs as after its setup, created when vpnd is installed.
+DEFAULT_USER = "vpnd-openvpn"
+# A key in the config (a directive or an inline block) that openvpn would load
+# itself; with an external key there must be none.
+_KEY_IN_CONFIG = re.compile(
+    r"^[ \t]*(?:--)?(?:key|pkcs12)(?:[ \t]|$)|^[ \t]*<(?:key|pkcs12)>", re.M
+)
 # sockaddr_un.sun_path is 108 bytes, NUL included.
 _MAX_SOCKET_PATH = 107
 _TAIL_LINES = 20
@@ -90,6 +110,10 @@ class TunnelSettings:
     verb: int = 3
     bytecount_interval: int = 1  # seconds between >BYTECOUNT events; 0 turns them off
     start_timeout: float = 10.0  # from spawning openvpn until its hold is released
+    # The account openvpn drops to after setup; None keeps it root (tests, odd setups).
+    user: str | None = DEFAULT_USER
+    # Its group; None means the user's own primary group, never root's.
+    group: str | None = DEFAULT_USER
 
     def __post_init__(self) -> None:
         if not 0 <= self.verb <= MAX_VERB:
@@ -100,6 +124,8 @@ class TunnelSettings:
             raise ValueError("bytecount_interval cannot be negative")
         if self.start_timeout <= 0:
             raise ValueError("start_timeout must be positive")
+        if self.user is None and self.group is not None:
+            raise ValueError("a group without a user would leave openvpn running as root")
 
 
 @dataclass(frozen=True)
@@ -138,10 +164,18 @@ class Tunnel:
         config: str,
         settings: TunnelSettings,
         on_event: Callable[[TunnelEvent], None],
+        *,
+        private_key: bytes | None = None,
     ) -> None:
-        """`name` names the socket (letters, digits, `._-`); `config` is sanitized config text."""
+        """`name` names the socket (letters, digits, `._-`); `config` is sanitized config text.
+
+        With `private_key` (PEM) openvpn signs through the daemon and never
+        sees the key; `config` must then hold no key of its own (ValueError).
+        """
         if _NAME.fullmatch(name) is None:
             raise ValueError(f"invalid tunnel name {name!r}")
+        if private_key is not None and _KEY_IN_CONFIG.search(config):
+            raise ValueError("with an external private key the config must not hold a key")
         self.socket_path: Path = settings.runtime_dir / f"{name}.sock"
         if len(os.fsencode(self.socket_path)) > _MAX_SOCKET_PATH:
             raise ValueError(f"socket path {self.socket_path} is too long for a unix socket")
@@ -151,6 +185,9 @@ class Tunnel:
         self._config = config
         self._settings = settings
         self._on_event = on_event
+        self._private_key = private_key
+        self._signer: Signer | None = None
+        self._account: tuple[str, str] | None = None  # (user, group) openvpn drops to
 
         self._proc: asyncio.subprocess.Process | None = None
         self._parser = ManagementParser()
@@ -170,8 +207,10 @@ class Tunnel:
         self._tail: deque[_LogLine] = deque(maxlen=_TAIL_LINES)
         self._fatal = ""
         self._auth_failure: str | None = None
-        self._violation: ProtocolViolation | None = None
+        # Why the daemon ended openvpn: a protocol violation, a refused signature.
+        self._failure: TunnelFailed | None = None
         self._exit: TunnelExited | None = None
+        self._signing_tasks: set[asyncio.Task[None]] = set()
 
     # -- public ------------------------------------------------------------
 
@@ -180,8 +219,9 @@ class Tunnel:
 
         Raises TunnelFailed, with openvpn's own last error lines in the
         message, if openvpn exits, does not connect within the settings'
-        `start_timeout`, or stop() is called meanwhile. It cleans up before
-        raising.
+        `start_timeout`, or stop() is called meanwhile; also, before spawning
+        anything, if the private key cannot be used or openvpn's account
+        does not exist. It cleans up before raising.
         """
         if self._started:
             raise RuntimeError("a Tunnel can be started once")
@@ -189,6 +229,11 @@ class Tunnel:
         async with self._spawn_lock:
             if self._stop_requested:
                 raise TunnelFailed("the connection was stopped before openvpn started")
+            self._account = _account(self._settings)
+            if self._private_key is not None:
+                self._signer = Signer.from_pem(self._private_key)
+                # From here on the key lives in the signer only.
+                self._private_key = None
             listener = self._listen()
             try:
                 await self._spawn()
@@ -242,7 +287,7 @@ class Tunnel:
 
     def _argv(self) -> list[str]:
         settings = self._settings
-        return [
+        argv = [
             settings.openvpn,
             "--config",
             "/dev/stdin",
@@ -261,6 +306,14 @@ class Tunnel:
             str(settings.verb),
             "--machine-readable-output",
         ]
+        if self._signer is not None:
+            # The paddings openvpn may ask for; without `pss` TLS 1.3 fails
+            # with an RSA key. No `nopadding`: raw RSA is refused anyway.
+            argv += ["--management-external-key", "pkcs1", "pss"]
+        if self._account is not None:
+            user, group = self._account
+            argv += ["--user", user, "--group", group, "--persist-tun", "--persist-key"]
+        return argv
 
     def _listen(self) -> socket.socket:
         if not self._settings.runtime_dir.is_dir():
@@ -459,13 +512,17 @@ class Tunnel:
 
     async def _command(self, *words: str) -> CommandResult:
         """Send one command and return openvpn's SUCCESS reply; an ERROR raises TunnelFailed."""
+        return await self._request(command(*words), words[0])
+
+    async def _request(self, data: bytes, name: str) -> CommandResult:
+        """Send a command (one line, or a block like `pk-sig`) that has one reply line."""
         async with self._command_lock:
             reply: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
             self._replies.append(reply)
-            await self._write(command(*words))
+            await self._write(data)
             result = await self._unless_exited(reply)
         if not result.ok:
-            raise TunnelFailed(f"openvpn refused `{words[0]}`: {result.text}")
+            raise TunnelFailed(f"openvpn refused `{name}`: {result.text}")
         return result
 
     async def _write(self, data: bytes) -> None:
@@ -484,9 +541,7 @@ class Tunnel:
                     self._dispatch(event)
         except ProtocolViolation as error:
             log.error("tunnel %s: %s", self._name, error.message)
-            self._violation = error
-            if self._proc is not None:
-                _signal(self._proc, signal.SIGTERM)
+            self._fail(error)
         except OSError as error:
             log.debug("tunnel %s: management connection failed: %s", self._name, error)
         finally:
@@ -522,6 +577,8 @@ class Tunnel:
             self._held.set()
         elif isinstance(event, PasswordEvent):
             self._on_password(event)
+        elif isinstance(event, PkSignEvent):
+            self._on_pk_sign(event)
         elif isinstance(event, UnexpectedLine):
             log.debug("tunnel %s: unexpected management line", self._name)
         else:
@@ -541,6 +598,38 @@ class Tunnel:
             log.debug("tunnel %s: openvpn asks: %s", self._name, text)
         else:
             log.debug("tunnel %s: password notification (not logged)", self._name)
+
+    def _on_pk_sign(self, event: PkSignEvent) -> None:
+        # Neither the data nor the signature is logged: both are handshake
+        # material, and the log outlives the connection.
+        if self._signer is None:
+            self._fail(TunnelFailed("openvpn asked for a signature but has no external key"))
+            return
+        try:
+            signature = self._signer.sign_request(event.data, event.algorithm)
+        except SigningError as error:
+            log.error("tunnel %s: %s", self._name, error.message)
+            self._fail(error)
+            return
+        log.debug("tunnel %s: signed for openvpn (%s)", self._name, event.algorithm)
+        task = asyncio.create_task(self._send_signature(signature))
+        self._signing_tasks.add(task)
+        task.add_done_callback(self._signing_tasks.discard)
+
+    async def _send_signature(self, signature: bytes) -> None:
+        try:
+            await self._request(pk_sig(signature), "pk-sig")
+        except TunnelFailed as error:
+            if not self._exited.is_set() and self._failure is None:
+                log.error("tunnel %s: %s", self._name, error.message)
+                self._fail(error)
+
+    def _fail(self, error: TunnelFailed) -> None:
+        """End openvpn because of `error`, which becomes the reason of its exit."""
+        if self._failure is None:
+            self._failure = error
+        if self._proc is not None:
+            _signal(self._proc, signal.SIGTERM)
 
     # -- helpers -------------------------------------------------------------
 
@@ -574,8 +663,8 @@ class Tunnel:
             )
         if self._stop_requested:
             return "stopped"
-        if self._violation is not None:
-            return self._violation.message
+        if self._failure is not None:
+            return self._failure.message
         if self._fatal:
             return self._fatal
         if returncode is not None and returncode < 0:
@@ -614,6 +703,40 @@ def _child_environment() -> dict[str, str]:
     socket's queue is full. Credentials, proxies and locales stay out too.
     """
     return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LC_ALL": "C"}
+
+
+def _account(settings: TunnelSettings) -> tuple[str, str] | None:
+    """The (user, group) openvpn drops to, checked to exist; None to stay root."""
+    if settings.user is None:
+        return None
+    try:
+        entry = pwd.getpwnam(settings.user)
+    except KeyError:
+        raise TunnelFailed(
+            f"the user {settings.user} that openvpn runs as does not exist; create it with "
+            f"`systemd-sysusers` or `useradd --system --no-create-home "
+            f"--shell /usr/sbin/nologin {settings.user}`"
+        ) from None
+    if entry.pw_uid == 0:
+        raise TunnelFailed(f"openvpn must run as an unprivileged user, not {settings.user}")
+    if settings.group is None:
+        try:
+            group = grp.getgrgid(entry.pw_gid)
+        except KeyError:
+            raise TunnelFailed(
+                f"the primary group ({entry.pw_gid}) of the user {settings.user} has no name"
+            ) from None
+    else:
+        try:
+            group = grp.getgrnam(settings.group)
+        except KeyError:
+            raise TunnelFailed(
+                f"the group {settings.group} that openvpn runs as does not exist; create it "
+                f"with `systemd-sysusers` or `groupadd --system {settings.group}`"
+            ) from None
+    if group.gr_gid == 0:
+        raise TunnelFailed(f"openvpn must run with a group of its own, not {group.gr_name}")
+    return settings.user, group.gr_name
 
 
 def _peer_pid(connection: socket.socket) -> int:
