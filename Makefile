@@ -28,9 +28,14 @@ DEB_PACKAGES := \
 
 LINT_PATHS := daemon client tests benchmarks
 
-.PHONY: deps debs venv test lint typecheck unit bus e2e demo clean distclean
+# The system user openvpn switches to (--user/--group); the tunnel tests and
+# the demo need it. Declared for systemd-sysusers in data/systemd.
+OPENVPN_USER := vpnd-openvpn
+SYSUSERS_CONF := $(CURDIR)/data/systemd/vpnd-sysusers.conf
 
-deps: debs venv
+.PHONY: deps debs venv users test lint typecheck unit bus e2e demo clean distclean
+
+deps: debs venv users
 
 # Asks dpkg first and runs apt only for what is missing, so repeated runs
 # cost a few dpkg queries.
@@ -53,6 +58,25 @@ debs:
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get update -q; \
 		apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+# systemd-sysusers only edits /etc/passwd, /etc/group and the shadow files,
+# so it works without systemd as PID 1 (containers, CI); useradd is the
+# fallback where it is missing.
+users: | debs
+	@if ! getent passwd $(OPENVPN_USER) >/dev/null; then \
+		if [ "$$(id -u)" -ne 0 ]; then \
+			echo "deps: the user $(OPENVPN_USER) is missing (run make deps as root)" >&2; \
+			exit 1; \
+		fi; \
+		echo "deps: creating the system user $(OPENVPN_USER)"; \
+		if command -v systemd-sysusers >/dev/null; then \
+			systemd-sysusers $(SYSUSERS_CONF); \
+		else \
+			useradd --system --no-create-home --home-dir / \
+				--shell /usr/sbin/nologin --user-group $(OPENVPN_USER); \
+		fi; \
+		getent passwd $(OPENVPN_USER) >/dev/null; \
 	fi
 
 venv: $(STAMP)

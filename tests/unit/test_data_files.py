@@ -1,7 +1,8 @@
-"""The files installed beside the daemon: bus policy, activation file, unit file, polkit actions."""
+"""The files installed beside the daemon: bus policy, activation file, unit file, its drop-in, sysusers file, polkit actions."""
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import sys
@@ -10,11 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from vpnd.store.key import CREDENTIAL_NAME
+from vpnd.tunnel.openvpn import TunnelSettings
+
 DATA = Path(__file__).resolve().parents[2] / "data"
 BUS_POLICY = DATA / "dbus" / "org.vpnd.Daemon.conf"
 ACTIVATION = DATA / "dbus" / "org.vpnd.Daemon.service"
 INTROSPECTION = DATA / "dbus" / "org.vpnd.Daemon.xml"
 UNIT = DATA / "systemd" / "vpnd.service"
+CREDENTIAL_DROP_IN = DATA / "systemd" / "vpnd.service.d" / "credential.conf"
+SYSUSERS = DATA / "systemd" / "vpnd-sysusers.conf"
 POLKIT = DATA / "polkit-1" / "org.vpnd.policy"
 
 BUS_NAME = "org.vpnd.Daemon"
@@ -31,8 +37,14 @@ POLKIT_ACTIONS = {
 }
 POLKIT_RESULTS = {"no", "yes", "auth_self", "auth_admin", "auth_self_keep", "auth_admin_keep"}
 # Exposure as `systemd-analyze security` prints it, times ten (its
-# --threshold scale). The unit scores 2.8; more means hardening was lost.
-EXPOSURE_THRESHOLD = 30
+# --threshold scale). The unit scores 2.3 (2.8 before this issue); more means
+# hardening was lost. 2.3 is as low as a root daemon gets here while openvpn
+# switches to its own user (CAP_SETUID/CAP_SETGID, @privileged system calls)
+# and reaches the host's network (AF_INET*, AF_NETLINK, CAP_NET_ADMIN, no
+# PrivateNetwork/IPAddressDeny); see the comments in the unit.
+EXPOSURE_THRESHOLD = 23
+# Exactly what the unit grants; each one is explained in the unit file.
+UNIT_CAPABILITIES = {"CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_KILL"}
 
 
 def parse_unit(text: str) -> dict[str, list[tuple[str, str]]]:
@@ -175,15 +187,39 @@ def test_unit_is_a_notify_service_owning_the_bus_name() -> None:
 def test_unit_leaves_openvpn_what_it_needs() -> None:
     service = parse_unit(UNIT.read_text())["Service"]
     capabilities = set(" ".join(values(service, "CapabilityBoundingSet")).split())
-    assert "CAP_NET_ADMIN" in capabilities
-    assert "CAP_SYS_ADMIN" not in capabilities
-    assert "/dev/net/tun rw" in values(service, "DeviceAllow")
-    assert single(service, "DevicePolicy") == "closed"
+    # No CAP_SYS_PTRACE in particular: it would see through ProtectProc=invisible.
+    assert capabilities == UNIT_CAPABILITIES
+    assert values(service, "AmbientCapabilities") in ([], [""])
     families = set(single(service, "RestrictAddressFamilies").split())
     assert families == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
-    # PrivateNetwork or PrivateDevices would take away the host network or /dev/net/tun.
+    # PrivateNetwork would take away the host network.
     assert values(service, "PrivateNetwork") in ([], ["no"])
-    assert values(service, "PrivateDevices") in ([], ["no"])
+    # A private /dev, with the tun device bound in and allowed.
+    assert single(service, "PrivateDevices") == "yes"
+    assert "/dev/net/tun" in " ".join(values(service, "BindReadOnlyPaths")).split()
+    assert "/dev/net/tun rw" in values(service, "DeviceAllow")
+    assert single(service, "DevicePolicy") == "closed"
+    # openvpn's switch to its user needs setuid/setgroups/capset.
+    filters = values(service, "SystemCallFilter")
+    assert filters[0] == "@system-service"
+    assert not any(
+        group in line.split()
+        for line in filters
+        for group in ("~@privileged", "~@setuid", "~capset")
+    )
+
+
+def test_unit_hides_what_the_daemon_does_not_need() -> None:
+    service = parse_unit(UNIT.read_text())["Service"]
+    assert single(service, "ProtectProc") == "invisible"
+    assert single(service, "ProcSubset") == "pid"
+    assert single(service, "ProtectSystem") == "strict"
+    assert single(service, "ProtectHome") == "yes"
+    assert single(service, "PrivateTmp") == "yes"
+    assert single(service, "NoNewPrivileges") == "yes"
+    assert single(service, "MemoryDenyWriteExecute") == "yes"
+    assert single(service, "UMask") == "0077"
+    assert "~@resources" in values(service, "SystemCallFilter")
 
 
 def test_activation_file_hands_over_to_the_unit() -> None:
@@ -229,6 +265,102 @@ def test_unit_hardening_score() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is missing")
+def test_systemd_accepts_the_credential_drop_in(tmp_path: Path) -> None:
+    copy = tmp_path / UNIT.name
+    copy.write_text(
+        "".join(
+            "ExecStart=/bin/true\n" if line.startswith("ExecStart=") else line
+            for line in UNIT.read_text().splitlines(keepends=True)
+        )
+    )
+    drop_ins = tmp_path / f"{UNIT.name}.d"
+    drop_ins.mkdir()
+    shutil.copy(CREDENTIAL_DROP_IN, drop_ins / CREDENTIAL_DROP_IN.name)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, check=False
+    )
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+    # The drop-in was read: an encrypted credential adds the TPM to the
+    # device list, and the score stays where it was.
+    result = subprocess.run(
+        [
+            "systemd-analyze",
+            "security",
+            "--offline=yes",
+            f"--threshold={EXPOSURE_THRESHOLD}",
+            "--no-pager",
+            str(copy),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    assert "/dev/tpmrm0" in result.stdout
+
+
+def test_credential_drop_in_names_what_the_daemon_reads() -> None:
+    service = parse_unit(CREDENTIAL_DROP_IN.read_text())["Service"]
+    assert values(service, "LoadCredentialEncrypted") == [
+        f"{CREDENTIAL_NAME}:/etc/credstore.encrypted/{CREDENTIAL_NAME}"
+    ]
+    # A missing credential file stops a unit from starting on systemd 252,
+    # so the unit itself must not load it.
+    unit = parse_unit(UNIT.read_text())["Service"]
+    assert not [key for key, _ in unit if key.startswith(("LoadCredential", "SetCredential"))]
+
+
+def sysusers_entries() -> list[list[str]]:
+    """The sysusers.d lines, split into their fields."""
+    entries = []
+    for line in SYSUSERS.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            entries.append(shlex.split(line))
+    return entries
+
+
+def test_sysusers_declares_the_user_openvpn_switches_to() -> None:
+    settings = TunnelSettings(runtime_dir=Path("/run/vpnd"))
+    assert settings.user == settings.group == "vpnd-openvpn"
+    [entry] = sysusers_entries()
+    kind, name, uid, _gecos, home, shell = entry
+    # `u` with "-": a system user and a group of the same name, ids chosen
+    # from the system range.
+    assert (kind, name, uid) == ("u", settings.user, "-")
+    assert (home, shell) == ("/", "/usr/sbin/nologin")
+
+
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers is missing")
+def test_systemd_sysusers_creates_the_user(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    result = subprocess.run(
+        ["systemd-sysusers", f"--root={tmp_path}", str(SYSUSERS)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    passwd = {
+        line.split(":")[0]: line.split(":")
+        for line in (tmp_path / "etc/passwd").read_text().splitlines()
+    }
+    groups = {
+        line.split(":")[0]: line.split(":")
+        for line in (tmp_path / "etc/group").read_text().splitlines()
+    }
+    user = passwd["vpnd-openvpn"]
+    assert user[5:] == ["/", "/usr/sbin/nologin"]
+    assert 0 < int(user[2]) < 1000  # a system user
+    assert user[3] == groups["vpnd-openvpn"][2]  # its own group
+    # Locked: nobody logs in as it.
+    shadow = {
+        line.split(":")[0]: line.split(":")
+        for line in (tmp_path / "etc/shadow").read_text().splitlines()
+    }
+    assert shadow["vpnd-openvpn"][1].startswith("!")
 
 
 # A child process forbids itself writable+executable memory (the kernel's
