@@ -176,7 +176,7 @@ class Manager:
 
     def _has_tokens(self, server: Server) -> bool:
         try:
-            return self._tokens.load(server.owner, server.server_id) is not None
+            return self._tokens.exist(server.owner, server.server_id)
         except VpndError as exc:
             log.error("cannot read the authorization of %s: %s", server.url, exc.message)
             return False

@@ -8,6 +8,8 @@ import logging
 import os
 import re
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import ClassVar
@@ -281,10 +283,24 @@ def test_the_backend_refuses_foreign_services(tmp_path: Path) -> None:
             backend.get_password(service, "oauth")
 
 
+def test_the_default_store_does_not_import_keyring() -> None:
+    # keyring and its discovery machinery cost a root daemon about 10 MiB.
+    code = (
+        "import sys, tempfile, pathlib\n"
+        "from vpnd.config import Settings\n"
+        "from vpnd.store.secret_store import open_secret_store\n"
+        "d = pathlib.Path(tempfile.mkdtemp())\n"
+        "open_secret_store(Settings(state_dir=d), environ={}).set(0, 16 * '0', 'oauth', {'a': 1})\n"
+        "print('keyring' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_keyring_discovery_never_picks_vpnds_backend(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert EncryptedFileKeyring.viable is False
+    # Not a KeyringBackend subclass, so keyring's discovery cannot even see it.
     assert EncryptedFileKeyring not in set(KeyringBackend.get_viable_backends())
     monkeypatch.setenv("KEYRING_PROPERTY_USERS", "/tmp/elsewhere")
     store = open_store(tmp_path)

@@ -39,6 +39,10 @@ class TokenKeeper:
         data = self._secrets.get(owner, server_id, SECRET_NAME)
         return oauth.tokens_from_dict(data) if data is not None else None
 
+    def exist(self, owner: int, server_id: str) -> bool:
+        """Whether tokens are saved for a server (they are not read or checked)."""
+        return self._secrets.has(owner, server_id, SECRET_NAME)
+
     def save(self, owner: int, server_id: str, tokens: Tokens) -> None:
         """Keep new tokens."""
         self._secrets.set(owner, server_id, SECRET_NAME, oauth.tokens_to_dict(tokens))

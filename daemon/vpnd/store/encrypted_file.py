@@ -14,8 +14,11 @@ aside (`{name}.secret.damaged-{time}`), and the read that found it fails with
 StorageFailed naming the file. The next read finds no record, so the user can
 log in again, and the damaged file stays for the administrator.
 
-The backend serves vpnd alone: keyring's own discovery never picks it
-(`priority` refuses), and `KEYRING_PROPERTY_*` variables do not configure it.
+It implements keyring's backend interface (`get_password`, `set_password`,
+`delete_password`) without deriving from keyring's base class: importing
+keyring costs a root daemon about 10 MiB and brings its discovery machinery,
+which vpnd never uses. So keyring's discovery cannot pick this backend, and
+`KEYRING_PROPERTY_*` variables do not configure it.
 """
 
 from __future__ import annotations
@@ -26,10 +29,6 @@ import logging
 import os
 import re
 from pathlib import Path
-
-from keyring.backend import KeyringBackend
-from keyring.compat import properties
-from keyring.errors import PasswordDeleteError
 
 from vpnd.errors import StorageFailed
 from vpnd.store.atomic import fsync_dir, move_aside, remove_durably, write_atomic
@@ -44,21 +43,16 @@ SUFFIX = ".secret"
 MAX_RECORD = 1 << 20
 
 
-class EncryptedFileKeyring(KeyringBackend):
+class RecordMissing(LookupError):
+    """delete_password found no such record (keyring's PasswordDeleteError, for this backend)."""
+
+
+class EncryptedFileKeyring:
     """Secrets sealed with the store key, one file per (service, username)."""
 
-    @properties.classproperty
-    def priority(cls) -> float:
-        """Never viable for keyring's discovery: vpnd configures this backend itself."""
-        raise RuntimeError("vpnd's secret store is not a general-purpose keyring")
-
     def __init__(self, users_dir: Path, sealer: Sealer) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
         self._users = users_dir
         self._sealer = sealer
-
-    def set_properties_from_env(self) -> None:
-        """Ignore `KEYRING_PROPERTY_*`: the environment does not configure a root daemon's store."""
 
     def _dir(self, service: str) -> Path:
         match = SERVICE.fullmatch(service)
@@ -105,6 +99,10 @@ class EncryptedFileKeyring(KeyringBackend):
         log.error("the secret record %s cannot be read (%s); moved it to %s", path, reason, aside)
         return f"the secret record {path} cannot be read ({reason}); it was kept as {aside.name}"
 
+    def has_password(self, service: str, username: str) -> bool:
+        """Whether a record exists, without opening it."""
+        return self._path(service, username).is_file()
+
     def get_password(self, service: str, username: str) -> str | None:
         """The text of a record, None if there is none; StorageFailed if it does not open."""
         path = self._path(service, username)
@@ -144,12 +142,12 @@ class EncryptedFileKeyring(KeyringBackend):
             raise StorageFailed(f"cannot write {path}: {exc.strerror}") from None
 
     def delete_password(self, service: str, username: str) -> None:
-        """Remove a record; PasswordDeleteError if there is none (keyring's contract)."""
+        """Remove a record; RecordMissing if there is none (keyring's contract)."""
         path = self._path(service, username)
         try:
             path.unlink()
         except FileNotFoundError:
-            raise PasswordDeleteError(f"no secret record {username!r} in {service}") from None
+            raise RecordMissing(f"no secret record {username!r} in {service}") from None
         except OSError as exc:
             raise StorageFailed(f"cannot remove {path}: {exc.strerror}") from None
         try:

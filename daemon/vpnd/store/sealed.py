@@ -21,9 +21,10 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MAGIC = b"VPNS"
 FORMAT_AES256GCM = 1
@@ -61,19 +62,31 @@ class Sealer:
         if len(key) != KEY_SIZE:
             raise ValueError(f"a store key has {KEY_SIZE} bytes")
         self.key_id = key_id(key)
-        self._aead = AESGCM(key)
-        self._openers: dict[bytes, AESGCM] = {}
+        self._keys: dict[bytes, bytes] = {}
         for old in older:
             if len(old) != KEY_SIZE:
                 raise ValueError(f"a store key has {KEY_SIZE} bytes")
-            self._openers.setdefault(key_id(old), AESGCM(old))
-        self._openers[self.key_id] = self._aead
+            self._keys.setdefault(key_id(old), old)
+        self._keys[self.key_id] = key
+        self._ciphers: dict[bytes, AESGCM] = {}
+
+    def _cipher(self, kid: bytes) -> AESGCM:
+        # cryptography is loaded on the first secret read or write, not at
+        # start-up: an idle daemon with no secret in use does without it.
+        cipher = self._ciphers.get(kid)
+        if cipher is None:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+            cipher = self._ciphers[kid] = AESGCM(self._keys[kid])
+        return cipher
 
     def seal(self, plaintext: bytes, context: bytes) -> bytes:
         """A record holding `plaintext`, bound to `context`."""
         prefix = MAGIC + bytes([FORMAT_AES256GCM]) + self.key_id
         nonce = os.urandom(_NONCE_SIZE)
-        return prefix + nonce + self._aead.encrypt(nonce, plaintext, prefix + context)
+        return (
+            prefix + nonce + self._cipher(self.key_id).encrypt(nonce, plaintext, prefix + context)
+        )
 
     def open(self, record: bytes, context: bytes) -> tuple[bytes, bool]:
         """The plaintext of a record, and whether it was sealed with an older key
@@ -89,12 +102,13 @@ class Sealer:
             raise RecordUnreadable(f"it has format {version}, which this vpnd does not know")
         prefix = record[:_PREFIX_SIZE]
         kid = record[len(MAGIC) + 1 : _PREFIX_SIZE]
-        opener = self._openers.get(kid)
-        if opener is None:
+        if kid not in self._keys:
             raise RecordUnreadable("it was written with another store key")
+        from cryptography.exceptions import InvalidTag
+
         nonce = record[_PREFIX_SIZE:_HEADER_SIZE]
         try:
-            plaintext = opener.decrypt(nonce, record[_HEADER_SIZE:], prefix + context)
+            plaintext = self._cipher(kid).decrypt(nonce, record[_HEADER_SIZE:], prefix + context)
         except InvalidTag:
             raise RecordUnreadable(
                 "it is damaged, or was moved here from another user, server or name"

@@ -26,13 +26,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from keyring.backend import KeyringBackend
-from keyring.errors import PasswordDeleteError
-
 from vpnd.config import Settings
 from vpnd.errors import InvalidArgument, StorageFailed, VpndError
 from vpnd.store.atomic import ensure_private_dir, move_aside, remove_durably
-from vpnd.store.encrypted_file import RECORD_NAME, EncryptedFileKeyring
+from vpnd.store.encrypted_file import RECORD_NAME, EncryptedFileKeyring, RecordMissing
 from vpnd.store.key import load_store_keys
 from vpnd.store.sealed import Sealer
 from vpnd.store.store import SecretStore
@@ -46,6 +43,16 @@ _PLAIN_FILE = re.compile(r"([0-9a-f]{16})\.json")
 _MAX_PLAIN_FILE = 1 << 20
 
 T = TypeVar("T")
+
+
+class KeyringBackendLike(Protocol):
+    """keyring's backend interface: what the adapter calls on any backend."""
+
+    def get_password(self, service: str, username: str) -> str | None: ...
+
+    def set_password(self, service: str, username: str, password: str) -> None: ...
+
+    def delete_password(self, service: str, username: str) -> None: ...
 
 
 @runtime_checkable
@@ -72,10 +79,18 @@ def _check_name(name: str) -> None:
 class KeyringSecretStore:
     """`SecretStore` over any keyring backend; every failure is a StorageFailed."""
 
-    def __init__(self, backend: KeyringBackend) -> None:
+    def __init__(self, backend: KeyringBackendLike) -> None:
         self.backend = backend
         self._label = f"{type(backend).__module__}:{type(backend).__qualname__}"
         self._indexed = not isinstance(backend, ServiceDeleter)
+        self._missing: tuple[type[Exception], ...]
+        if isinstance(backend, EncryptedFileKeyring):
+            self._missing = (RecordMissing,)
+        else:
+            # Another backend means keyring is installed and already imported.
+            from keyring.errors import PasswordDeleteError
+
+            self._missing = (PasswordDeleteError,)
 
     def _call(self, what: str, call: Callable[..., T], *args: str) -> T:
         try:
@@ -107,6 +122,14 @@ class KeyringSecretStore:
         if value is not None and not isinstance(value, dict):
             raise StorageFailed(f"the secret record {name} of server {server_id} is not an object")
         return value
+
+    def has(self, owner: int, server_id: str, name: str) -> bool:
+        """Whether a named secret exists (without decrypting it where the backend allows)."""
+        _check_name(name)
+        service = service_name(owner, server_id)
+        if isinstance(self.backend, EncryptedFileKeyring):
+            return self._call("look for a secret", self.backend.has_password, service, name)
+        return self._get_json(service, name) is not None
 
     def set(self, owner: int, server_id: str, name: str, value: dict[str, Any]) -> None:
         """Store (or replace) one named secret of a server."""
@@ -148,7 +171,7 @@ class KeyringSecretStore:
     def _delete_record(self, service: str, name: str) -> None:
         try:
             self.backend.delete_password(service, name)
-        except PasswordDeleteError:
+        except self._missing:
             # keyring's contract uses this error for "no such record" as well as
             # for a failure; only a record still there is a failure.
             if self._get_json(service, name) is not None:
@@ -176,8 +199,10 @@ class KeyringSecretStore:
         self._call("store a secret", self.backend.set_password, service, INDEX_NAME, text)
 
 
-def load_backend(spec: str) -> KeyringBackend:
+def load_backend(spec: str) -> KeyringBackendLike:
     """The keyring backend a `module:Class` setting names, instantiated with no arguments."""
+    from keyring.backend import KeyringBackend
+
     module_name, _, class_name = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -186,12 +211,14 @@ def load_backend(spec: str) -> KeyringBackend:
             f"secret_backend {spec}: cannot import {module_name} ({type(exc).__name__}: {exc})"
         ) from None
     cls = getattr(module, class_name, None)
-    if not isinstance(cls, type) or not issubclass(cls, KeyringBackend):
-        raise InvalidArgument(f"secret_backend {spec}: {class_name} is not a keyring backend")
-    if cls.__module__ == "keyring.backends.chainer" or cls is EncryptedFileKeyring:
+    if cls is EncryptedFileKeyring or (
+        isinstance(cls, type) and cls.__module__ == "keyring.backends.chainer"
+    ):
         # The chainer picks whatever the environment offers: exactly what a
         # root daemon must not do. vpnd's own backend is named "encrypted-file".
         raise InvalidArgument(f"secret_backend {spec}: this backend cannot be configured by name")
+    if not isinstance(cls, type) or not issubclass(cls, KeyringBackend):
+        raise InvalidArgument(f"secret_backend {spec}: {class_name} is not a keyring backend")
     try:
         backend = cls()
     except Exception as exc:
@@ -268,7 +295,7 @@ def open_secret_store(
         ensure_private_dir(users_dir)
     except OSError as exc:
         raise StorageFailed(f"cannot create {settings.state_dir}: {exc.strerror}") from None
-    backend: KeyringBackend
+    backend: KeyringBackendLike
     if settings.secret_backend == ENCRYPTED_FILE:
         keys = load_store_keys(settings.store_key_path, env)
         backend = EncryptedFileKeyring(users_dir, Sealer(keys.current, keys.older))

@@ -74,6 +74,10 @@ class SecretStore(Protocol):
         """One named record of a server, or None."""
         ...
 
+    def has(self, owner: int, server_id: str, name: str) -> bool:
+        """Whether a named record exists (cheaper than get where the backend allows)."""
+        ...
+
     def set(self, owner: int, server_id: str, name: str, value: dict[str, Any]) -> None:
         """Store (or replace) one named record of a server."""
         ...

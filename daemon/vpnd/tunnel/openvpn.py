@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from vpnd.errors import TunnelFailed
 from vpnd.protocols.management import (
@@ -54,7 +54,10 @@ from vpnd.protocols.management import (
     command,
     pk_sig,
 )
-from vpnd.protocols.pksign import Signer, SigningError
+
+if TYPE_CHECKING:
+    # Loaded when a tunnel with a key starts: cryptography is not needed before.
+    from vpnd.protocols.pksign import Signer
 
 log = logging.getLogger("vpnd.tunnel")
 
@@ -231,6 +234,8 @@ class Tunnel:
                 raise TunnelFailed("the connection was stopped before openvpn started")
             self._account = _account(self._settings)
             if self._private_key is not None:
+                from vpnd.protocols.pksign import Signer
+
                 self._signer = Signer.from_pem(self._private_key)
                 # From here on the key lives in the signer only.
                 self._private_key = None
@@ -605,6 +610,8 @@ class Tunnel:
         if self._signer is None:
             self._fail(TunnelFailed("openvpn asked for a signature but has no external key"))
             return
+        from vpnd.protocols.pksign import SigningError
+
         try:
             signature = self._signer.sign_request(event.data, event.algorithm)
         except SigningError as error:
