@@ -272,14 +272,15 @@ class Manager:
 
     # -- authorization ---------------------------------------------------
 
-    async def authorize(self, server: Server) -> str:
+    async def authorize(self, server: Server, caller: int) -> str:
         """Start an authorization; returns the URL for the user's browser.
 
         The result is reported through Listener.authorization_finished. A new
         call supersedes one still waiting for the browser."""
         endpoints = await self._provider.discover(server.url)
         self._cancel_authorization(server)
-        redirect = LoopbackRedirect()
+        # The callback must come from the browser of the caller (or the owner).
+        redirect = LoopbackRedirect(frozenset({caller, server.owner}))
         await redirect.open()
         verifier = pkce.new_verifier()
         state = pkce.new_state()

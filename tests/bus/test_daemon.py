@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from jeepney import DBusAddress, MatchRule, message_bus, new_method_call
 
+from tests.lab.browser import approve
 from tests.lab.daemon import REPO, VpndProcess, vpnctl
 from tests.lab.dbus import PrivateSystemBus
 from tests.lab.portal import TestPortal
@@ -474,3 +475,39 @@ def test_an_unsafe_store_key_stops_the_daemon_with_a_clear_message(
     assert "store.key" in log
     assert "Traceback" not in log
     assert key.read_bytes() == b"k" * 32  # refused, not replaced
+
+
+def test_another_user_cannot_end_someones_login_with_a_forged_callback(
+    vpnd: VpndProcess,
+    private_bus: PrivateSystemBus,
+    portal: TestPortal,
+    client_env: dict[str, str],
+    lab_pki: Any,
+) -> None:
+    ok(vpnctl(["add", portal.base_url], client_env))
+    path = busctl(
+        private_bus, "call", DEST, ROOT, "org.vpnd.Manager1", "FindServer", "s", portal.host
+    )["data"][0]
+    url = busctl(private_bus, "call", DEST, path, "org.vpnd.Server1", "Authorize")["data"][0]
+    port = urlsplit(parse_qs(urlsplit(url).query)["redirect_uri"][0]).port
+    # bash's /dev/tcp, as nobody: the forged callback comes from another local user.
+    forged = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "bash",
+            "-c",
+            f"exec 3<>/dev/tcp/127.0.0.1/{port}; "
+            "printf 'GET /callback?code=x&state=y HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' >&3; cat <&3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert forged.stdout.startswith("HTTP/1.1 403"), forged
+    # The user's own browser still completes the same login.
+    approve(url, ca_file=str(lab_pki.ca_path))
+    assert servers(client_env)[0]["authorized"] is True

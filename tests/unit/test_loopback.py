@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -59,3 +60,22 @@ async def test_close_cancels_a_waiter() -> None:
     redirect.close()
     with pytest.raises(asyncio.CancelledError):
         await waiter
+
+
+async def test_a_callback_from_another_user_is_refused_and_the_login_goes_on() -> None:
+    redirect = LoopbackRedirect(frozenset({os.getuid() + 12345}))
+    await redirect.open()
+    status, body = await fetch(redirect.port, "/callback?code=forged&state=forged")
+    assert status == 403
+    assert "another user" in body
+    assert not redirect._query.done()  # still waiting for the right browser
+    redirect.close()
+
+
+async def test_a_callback_from_the_owner_is_taken() -> None:
+    redirect = LoopbackRedirect(frozenset({os.getuid()}))
+    await redirect.open()
+    browser = asyncio.create_task(fetch(redirect.port, "/callback?code=c&state=s"))
+    assert await redirect.callback() == "code=c&state=s"
+    redirect.finish(True, "ok")
+    assert (await browser)[0] == 200

@@ -11,10 +11,14 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+from pathlib import Path
+
+from vpnd.auth.peer import MAX_TABLE, socket_owner
 
 log = logging.getLogger("vpnd.auth")
 
 _MAX_HEAD = 8192
+_TCP_TABLE = Path("/proc/net/tcp")
 _HEAD_TIMEOUT = 10.0
 _PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>vpnd</title></head>
@@ -25,7 +29,13 @@ _PAGE = """<!DOCTYPE html>
 class LoopbackRedirect:
     """Serves `/callback` once on 127.0.0.1 and an ephemeral port."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, browser_uids: frozenset[int] | None = None, tcp_table: Path = _TCP_TABLE
+    ) -> None:
+        # Only a browser of these users may deliver the callback: another local
+        # user could otherwise end someone's login with a forged one.
+        self._browser_uids = browser_uids
+        self._tcp_table = tcp_table
         self._server: asyncio.Server | None = None
         self._query: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._outcome: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
@@ -81,6 +91,10 @@ class LoopbackRedirect:
         if self._query.done():
             await _reply(writer, 410, "Already used", "This authorization link was already used.")
             return
+        if not self._from_allowed_user(writer):
+            log.warning("refused an authorization callback from another local user")
+            await _reply(writer, 403, "Forbidden", "This login belongs to another user.")
+            return
         self._query.set_result(query)
         try:
             ok, message = await asyncio.wait_for(asyncio.shield(self._outcome), timeout=60)
@@ -89,6 +103,19 @@ class LoopbackRedirect:
         title = "Authorized" if ok else "Authorization failed"
         await _reply(writer, 200 if ok else 400, title, message)
         self.close()
+
+    def _from_allowed_user(self, writer: asyncio.StreamWriter) -> bool:
+        if self._browser_uids is None:
+            return True
+        ours, theirs = writer.get_extra_info("sockname"), writer.get_extra_info("peername")
+        try:
+            with self._tcp_table.open(encoding="ascii", errors="replace") as f:
+                table = f.read(MAX_TABLE)
+        except OSError as exc:
+            log.error("cannot tell who sent the authorization callback: %s", exc)
+            return False
+        uid = socket_owner(table, (theirs[0], theirs[1]), (ours[0], ours[1]))
+        return uid in self._browser_uids
 
 
 async def _reply(writer: asyncio.StreamWriter, status: int, title: str, text: str) -> None:

@@ -186,7 +186,7 @@ class ServerObject(BusObject):
 
     async def Authorize(self, call: Call) -> str:
         await self._frontend.gate.require(call, self.owner, polkit.MANAGE_OWN_SERVERS)
-        return await self._frontend.manager.authorize(self.server)
+        return await self._frontend.manager.authorize(self.server, call.uid)
 
     async def GetProfiles(self, call: Call, locale: str) -> list[dict[str, Variant]]:
         locale = validate.locale(locale)
