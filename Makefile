@@ -89,6 +89,8 @@ $(STAMP): pyproject.toml | debs
 		$(PYTHON3) -m venv $(VENV); \
 	fi
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@# Bytecode as an installed package has it, also where PYTHONDONTWRITEBYTECODE is set.
+	$(PY) -m compileall -q daemon client
 	@touch $@
 
 lint: deps
