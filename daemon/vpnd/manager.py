@@ -279,8 +279,9 @@ class Manager:
         call supersedes one still waiting for the browser."""
         endpoints = await self._provider.discover(server.url)
         self._cancel_authorization(server)
-        # The callback must come from the browser of the caller (or the owner).
-        redirect = LoopbackRedirect(frozenset({caller, server.owner}))
+        # The callback must come from the browser of the caller or the owner
+        # (or root's, which could read the daemon's memory anyway).
+        redirect = LoopbackRedirect(frozenset({caller, server.owner, 0}))
         await redirect.open()
         verifier = pkce.new_verifier()
         state = pkce.new_state()

@@ -18,7 +18,8 @@ from vpnd.auth.peer import MAX_TABLE, socket_owner
 log = logging.getLogger("vpnd.auth")
 
 _MAX_HEAD = 8192
-_TCP_TABLE = Path("/proc/net/tcp")
+# /proc/self/net stays readable where the unit hides the rest of /proc (ProcSubset=pid).
+_TCP_TABLE = Path("/proc/self/net/tcp")
 _HEAD_TIMEOUT = 10.0
 _PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>vpnd</title></head>
