@@ -1,5 +1,12 @@
 """HTTPS to servers: bounded, deadline-limited, https-only, errors named for people.
 
+Every exchange has one total deadline (a GET that follows redirects shares
+one deadline across all of them), so a server that answers slowly, drips
+bytes or never answers is cut off. A reply body is read raw, never
+decompressed, and is refused past `max_body` bytes, whether or not its
+Content-Length says so; vpnd asks for uncompressed replies. Header sizes
+are bounded by the HTTP parser (100 KiB).
+
 httpx is imported lazily: the daemon reaches READY without paying for it.
 """
 
@@ -66,7 +73,9 @@ class HttpClient:
                 verify=self._ssl_context(),
                 timeout=httpx.Timeout(self._timeout),
                 follow_redirects=False,
-                headers={"User-Agent": USER_AGENT},
+                # The body is read raw, so a compressed reply would be unreadable
+                # (and decompressing one would lift the size bound).
+                headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
                 trust_env=False,
             )
         return self._client
@@ -80,9 +89,13 @@ class HttpClient:
     async def get(
         self, url: str, *, headers: Mapping[str, str] | None = None, follow_redirects: bool = False
     ) -> Response:
-        """GET `url`; with follow_redirects, follow up to 5 redirects, each to https only."""
+        """GET `url`; with follow_redirects, follow up to 5 redirects, each to https only.
+
+        The redirects share one deadline.
+        """
+        deadline = asyncio.get_running_loop().time() + self._timeout
         for _ in range(MAX_REDIRECTS + 1):
-            response = await self._request("GET", url, headers=headers)
+            response = await self._request("GET", url, headers=headers, deadline=deadline)
             location = response.headers.get("location")
             if not follow_redirects or response.status not in (301, 302, 303, 307, 308):
                 return response
@@ -95,7 +108,8 @@ class HttpClient:
         self, url: str, *, data: Mapping[str, str], headers: Mapping[str, str] | None = None
     ) -> Response:
         """POST form-encoded `data` to `url`."""
-        return await self._request("POST", url, headers=headers, data=data)
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        return await self._request("POST", url, headers=headers, data=data, deadline=deadline)
 
     async def _request(
         self,
@@ -103,6 +117,7 @@ class HttpClient:
         url: str,
         *,
         headers: Mapping[str, str] | None,
+        deadline: float,
         data: Mapping[str, str] | None = None,
     ) -> Response:
         _require_https(url)
@@ -111,7 +126,7 @@ class HttpClient:
 
         host = _host(url)
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout_at(deadline):
                 async with client.stream(
                     method, url, headers=dict(headers or {}), data=dict(data) if data else None
                 ) as reply:
@@ -153,5 +168,6 @@ class HttpClient:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
+    # The parser's complaint may quote what the server sent: printable characters only.
+    text = (str(exc) or type(exc).__name__).splitlines()[0]
+    return "".join(ch for ch in text if ch.isprintable())[:200] or type(exc).__name__

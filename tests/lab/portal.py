@@ -9,10 +9,30 @@ make the portal misbehave, and records let it check what a client did:
 - `session_seconds`: the authorization's lifetime, announced in /connect's Expires;
 - `access_token_seconds`: announced in expires_in and enforced;
 - `profiles`: what /info lists;
+- `hostile`: a map from a request path (e.g. "/api/v3/connect", no query) to
+  a `Hostile` reply, which replaces the normal answer for that path at the
+  HTTP level. Its `kind` is one of `HOSTILE_KINDS`:
+  - "silent": read the request, never answer (until the client hangs up,
+    a reset or a stop);
+  - "drip": a 200 with a chunked body of one byte every `interval` seconds, forever;
+  - "drip_headers": a status line, then one header line every `interval`
+    seconds, forever;
+  - "huge": a 200 of `size` bytes announced in Content-Length;
+  - "huge_chunked": the same without Content-Length, as chunks;
+  - "huge_unframed": the same without either, ended by closing the connection;
+  - "gzip_bomb": a 200 marked Content-Encoding: gzip whose body inflates to
+    `size` bytes (whole MiB), whatever the request's Accept-Encoding said;
+  - "raw": after `delay` seconds, `head` (status line and headers, sent
+    verbatim; None builds a 200 with Content-Length and `content_type`)
+    followed by `body`;
 - records: `connect_calls`, `disconnect_calls`, `issued_common_names`,
-  `token_grants` (the grant_type of each token request).
+  `token_grants` (the grant_type of each token request), `requests`
+  (method, path and lower-cased headers of every request), and
+  `hostile_served` (one `HostileServed` per hostile reply, added when its
+  handler is done: how many bytes went out and why it stopped).
 
-`reset()` restores all of them; tokens stay valid across a reset.
+`reset()` restores all of them (and ends hostile replies still running);
+tokens stay valid across a reset.
 """
 
 from __future__ import annotations
@@ -27,10 +47,12 @@ import json
 import math
 import re
 import secrets
+import select
 import socket
 import ssl
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,6 +76,18 @@ FAULTS = frozenset(
         "token_500",
         "slow",
         "connect_bad_config",
+    }
+)
+HOSTILE_KINDS = frozenset(
+    {
+        "silent",
+        "drip",
+        "drip_headers",
+        "huge",
+        "huge_chunked",
+        "huge_unframed",
+        "gzip_bomb",
+        "raw",
     }
 )
 DEFAULT_PROFILES: list[dict[str, Any]] = [
@@ -115,6 +149,34 @@ def _s256(verifier: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
+@dataclass(frozen=True)
+class Hostile:
+    """A reply that misbehaves below the API: see the module notes for the kinds."""
+
+    kind: str
+    size: int = 50 << 20
+    interval: float = 0.05
+    head: bytes | None = None
+    body: bytes = b""
+    content_type: str = "application/json"
+    delay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in HOSTILE_KINDS:
+            raise ValueError(f"unknown hostile reply kind {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class HostileServed:
+    """What one hostile reply did: `sent` bytes (head included), and why it
+    stopped: "done", "client closed" or "reset"."""
+
+    path: str
+    kind: str
+    sent: int
+    ended: str
+
+
 @dataclass
 class _Code:
     client_id: str
@@ -148,6 +210,9 @@ class TestPortal:
     disconnect_calls: int
     issued_common_names: list[str]
     token_grants: list[str]
+    hostile: dict[str, Hostile]
+    requests: list[tuple[str, str, dict[str, str]]]
+    hostile_served: list[HostileServed]
 
     def __init__(
         self,
@@ -169,6 +234,9 @@ class TestPortal:
         self._codes: dict[str, _Code] = {}
         self._access_tokens: dict[str, _Token] = {}
         self._refresh_tokens: dict[str, _Authorization] = {}
+        # Bumped by reset(): hostile replies of an older generation end.
+        self._generation = 0
+        self._stopping = False
         self.reset()
 
     # --- knobs and records ---
@@ -185,6 +253,10 @@ class TestPortal:
             self.disconnect_calls = 0
             self.issued_common_names = []
             self.token_grants = []
+            self.hostile = {}
+            self.requests = []
+            self.hostile_served = []
+            self._generation += 1
         self._wake_sleepers()
 
     def revoke_all(self) -> None:
@@ -210,6 +282,7 @@ class TestPortal:
         context.load_cert_chain(self.pki.portal_cert_path, self.pki.portal_key_path)
         self._wake.clear()
         self._server = _PortalServer(self, context)
+        self._stopping = False
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.1},
@@ -223,6 +296,7 @@ class TestPortal:
         server, self._server = self._server, None
         if server is None:
             return
+        self._stopping = True
         self._wake_sleepers()
         server.shutdown()
         server.close_connections()
@@ -566,6 +640,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(int(length)) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
+        portal = self.server.portal
+        path = urlsplit(self.path).path
+        with portal._state_lock:
+            portal.requests.append((method, path, headers))
+            hostile = portal.hostile.get(path)
+            generation = portal._generation
+        if hostile is not None:
+            self.close_connection = True
+            _HostileReply(self, portal, generation).serve(path, hostile)
+            return
         try:
             reply = self.server.portal.handle(method, self.path, headers, body)
         except _Reply as raised:
@@ -587,6 +671,102 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet: tests read records, not logs."""
+
+
+class _HostileReply:
+    """Serves one `Hostile` reply on a handler's connection."""
+
+    def __init__(self, handler: _Handler, portal: TestPortal, generation: int) -> None:
+        self._handler = handler
+        self._portal = portal
+        self._generation = generation
+        self._sent = 0
+
+    def _over(self) -> bool:
+        return self._portal._generation != self._generation or self._portal._stopping
+
+    def _write(self, data: bytes) -> None:
+        self._handler.wfile.write(data)
+        self._sent += len(data)
+
+    def _pause(self, seconds: float) -> None:
+        """Wait, but notice a client that hung up (its socket turns readable at EOF)."""
+        sock = self._handler.connection
+        readable, _, _ = select.select([sock], [], [], seconds)
+        if readable and not sock.recv(4096):
+            raise ConnectionResetError("the client closed the connection")
+
+    def _stream(self, total: int, chunked: bool) -> None:
+        block = b" " * 65536
+        left = total
+        while left > 0 and not self._over():
+            piece = block[: min(left, len(block))]
+            self._write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            left -= len(piece)
+        if chunked and not self._over():
+            self._write(b"0\r\n\r\n")
+
+    def serve(self, path: str, hostile: Hostile) -> None:
+        ended = "done"
+        try:
+            self._serve(hostile)
+            if self._over():
+                ended = "reset"
+        except (OSError, ssl.SSLError, ValueError):
+            ended = "client closed"
+        with self._portal._state_lock:
+            self._portal.hostile_served.append(
+                HostileServed(path=path, kind=hostile.kind, sent=self._sent, ended=ended)
+            )
+
+    def _serve(self, hostile: Hostile) -> None:
+        kind = hostile.kind
+        status = b"HTTP/1.1 200 OK\r\n"
+        content_type = b"Content-Type: %s\r\n" % hostile.content_type.encode()
+        if kind == "silent":
+            while not self._over():
+                self._pause(0.1)
+        elif kind == "drip":
+            self._write(status + content_type + b"Transfer-Encoding: chunked\r\n\r\n")
+            while not self._over():
+                self._write(b"1\r\n \r\n")
+                self._pause(hostile.interval)
+        elif kind == "drip_headers":
+            self._write(status)
+            count = 0
+            while not self._over():
+                self._write(b"X-Drip-%d: x\r\n" % count)
+                count += 1
+                self._pause(hostile.interval)
+        elif kind == "huge":
+            self._write(status + content_type + b"Content-Length: %d\r\n\r\n" % hostile.size)
+            self._stream(hostile.size, chunked=False)
+        elif kind == "huge_chunked":
+            self._write(status + content_type + b"Transfer-Encoding: chunked\r\n\r\n")
+            self._stream(hostile.size, chunked=True)
+        elif kind == "huge_unframed":
+            self._write(status + content_type + b"Connection: close\r\n\r\n")
+            self._stream(hostile.size, chunked=False)
+        elif kind == "gzip_bomb":
+            self._write(
+                status + content_type + b"Content-Encoding: gzip\r\nConnection: close\r\n\r\n"
+            )
+            # A gzip stream may be a run of members: one MiB of spaces,
+            # compressed once, repeated.
+            packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            member = packer.compress(b" " * (1 << 20)) + packer.flush()
+            for _ in range(max(1, hostile.size >> 20)):
+                if self._over():
+                    break
+                self._write(member)
+        else:  # raw
+            end = time.monotonic() + hostile.delay
+            while not self._over() and time.monotonic() < end:
+                self._pause(min(0.05, max(0.0, end - time.monotonic())))
+            head = hostile.head
+            if head is None:
+                head = status + content_type + b"Content-Length: %d\r\n\r\n" % len(hostile.body)
+            self._write(head + hostile.body)
 
 
 class _PortalServer(ThreadingHTTPServer):

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from vpnd.errors import (
     AuthorizationRequired,
+    ConfigRejected,
     InvalidArgument,
     NotFound,
     ServerError,
@@ -19,8 +20,12 @@ from vpnd.errors import (
 from vpnd.protocols.eduvpn import (
     API_V2,
     API_V3,
+    MAX_DISPLAY_NAME,
     MAX_JSON_BYTES,
     MAX_JSON_DEPTH,
+    MAX_LANGUAGES,
+    MAX_LIST_ITEMS,
+    MAX_PROFILES,
     OPENVPN_PROFILE,
     WIREGUARD_PROFILE,
     Endpoints,
@@ -200,6 +205,16 @@ def test_parse_well_known_rejects(doc: object, problem: str) -> None:
     assert problem in caught.value.message
 
 
+def test_parse_well_known_scheme_is_case_insensitive() -> None:
+    # Found by benchmarks/fuzz.py: "HTTPS://" is https (RFC 3986), and the
+    # HTTP client, which checks the scheme the same way, accepts it too.
+    doc = {"api": {API_V3: {**V3, "token_endpoint": "HTTPS://vpn.example.org/token"}}}
+    assert parse_well_known(dumps(doc)).token_endpoint == "HTTPS://vpn.example.org/token"
+    doc = {"api": {API_V3: {**V3, "token_endpoint": "HTTP://vpn.example.org/token"}}}
+    with pytest.raises(ServerError, match="token_endpoint"):
+        parse_well_known(dumps(doc))
+
+
 def test_parse_well_known_cleans_version() -> None:
     endpoints = parse_well_known(dumps({"api": {API_V3: V3}, "v": "3.0\x1b[31m" + "9" * 100}))
     assert "\x1b" not in endpoints.server_version
@@ -223,6 +238,21 @@ def test_load_json_brackets_in_strings_do_not_count() -> None:
 def test_load_json_deep_garbage_is_refused_without_recursion() -> None:
     with pytest.raises(ServerError):
         load_json(b"[" * 500_000)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 10_000 + b"]" * 10_000,
+        b'{"a":' * 10_000 + b"1" + b"}" * 10_000,
+        b'{"info": {"profile_list": ' + b"[" * 10_000 + b"]" * 10_000 + b"}}",
+    ],
+)
+def test_json_nested_ten_thousand_deep_is_refused_by_name(body: bytes) -> None:
+    with pytest.raises(ServerError, match="nested too deeply"):
+        load_json(body)
+    with pytest.raises(ServerError, match="nested too deeply"):
+        parse_info(body)
 
 
 def test_load_json_size_limit() -> None:
@@ -336,6 +366,78 @@ def test_parse_info_rejects(doc: object, problem: str) -> None:
     assert problem in caught.value.message
 
 
+def info(**profile: object) -> bytes:
+    return dumps({"info": {"profile_list": [{"profile_id": "p", **profile}]}})
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "Office\x1b[2J\x1b[31mPAY HERE",
+        "Office\nPROFILE  NAME  FAKE ROW",
+        "Office\x00NUL",
+        "Office\u202eevil",
+        "Office\ud800",
+        "Office\u2028line",
+        "Office\r",
+    ],
+)
+def test_display_names_are_cleaned(hostile: str) -> None:
+    [profile] = parse_info(info(display_name=hostile))
+    assert isinstance(profile.display_name, str)
+    assert profile.display_name.startswith("Office")
+    assert profile.display_name.isprintable()
+    [profile] = parse_info(info(display_name={"en": hostile, "nl": "Kantoor"}))
+    assert isinstance(profile.display_name, dict)
+    assert profile.display_name["en"].startswith("Office")
+    assert all(v.isprintable() for v in profile.display_name.values())
+
+
+def test_display_names_are_bounded() -> None:
+    [profile] = parse_info(info(display_name="x" * 100_000))
+    assert profile.display_name == "x" * MAX_DISPLAY_NAME
+    [profile] = parse_info(info(display_name="\x1b\x07"))
+    assert profile.display_name == "p"
+
+
+@pytest.mark.parametrize(
+    "display_name",
+    [
+        {f"l{i}": "x" for i in range(MAX_LANGUAGES + 1)},
+        {"en\nUS": "x"},
+        {"": "x"},
+        {"x" * 100: "x"},
+    ],
+)
+def test_odd_language_maps_are_refused(display_name: dict[str, str]) -> None:
+    with pytest.raises(ServerError, match="display_name"):
+        parse_info(info(display_name=display_name))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("vpn_proto_list", ["openvpn"] * (MAX_LIST_ITEMS + 1)),
+        ("vpn_proto_list", ["open\x1bvpn"]),
+        ("vpn_proto_list", [""]),
+        ("vpn_proto_transport_list", ["x" * 254]),
+        ("dns_search_domain_list", ["example.org\x00"]),
+        ("dns_search_domain_list", ["a\nb"]),
+    ],
+)
+def test_profile_string_lists_are_bounded(key: str, value: list[str]) -> None:
+    with pytest.raises(ServerError, match=key):
+        parse_info(info(**{key: value}))
+
+
+def test_profile_count_is_bounded() -> None:
+    profiles = [{"profile_id": f"p{i}"} for i in range(MAX_PROFILES)]
+    assert len(parse_info(dumps({"info": {"profile_list": profiles}}))) == MAX_PROFILES
+    profiles.append({"profile_id": "one-more"})
+    with pytest.raises(ServerError, match=f"more than {MAX_PROFILES}"):
+        parse_info(dumps({"info": {"profile_list": profiles}}))
+
+
 # --- /connect -----------------------------------------------------------------
 
 
@@ -382,14 +484,27 @@ def test_parse_connect_expires_without_zone_is_utc() -> None:
         ("application/json", b"{}", "unknown type"),
         ("", b"x", "unknown type"),
         ("text/plain; x=application/x-openvpn-profile", b"x", "unknown type"),
-        (OPENVPN_PROFILE, b"client\xff\n", "UTF-8"),
-        (OPENVPN_PROFILE, b"client\x00\n", "NUL"),
-        (OPENVPN_PROFILE, b"x" * (MAX_JSON_BYTES + 1), "1 MiB"),
+        ("application/x-openvpn-profile\x1b[2J", b"x", "unknown type"),
     ],
 )
-def test_parse_connect_rejects(content_type: str, body: bytes, problem: str) -> None:
+def test_parse_connect_rejects_unknown_types(content_type: str, body: bytes, problem: str) -> None:
     with pytest.raises(ServerError) as caught:
         parse_connect(content_type, None, body)
+    assert problem in caught.value.message
+    assert caught.value.message.isprintable()
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"client\xff\n", "UTF-8"),
+        (b"client\x00\n", "NUL"),
+        (b"x" * (MAX_JSON_BYTES + 1), "1 MiB"),
+    ],
+)
+def test_parse_connect_rejects_unusable_configs(body: bytes, problem: str) -> None:
+    with pytest.raises(ConfigRejected) as caught:
+        parse_connect(OPENVPN_PROFILE, None, body)
     assert problem in caught.value.message
 
 
@@ -479,22 +594,70 @@ BODIES = st.one_of(st.binary(max_size=200), JSONISH.map(dumps))
 @settings(max_examples=100, deadline=None)
 @given(BODIES)
 def test_document_parsers_only_raise_server_error(body: bytes) -> None:
-    for parse in (parse_well_known, parse_info):
-        with contextlib.suppress(ServerError):
-            parse(body)
+    with contextlib.suppress(ServerError):
+        endpoints = parse_well_known(body)
+        for url in (endpoints.api_endpoint, endpoints.token_endpoint):
+            assert url.startswith("https://") and len(url) <= 2048
+        assert len(endpoints.server_version) <= 64
+    with contextlib.suppress(ServerError):
+        profiles = parse_info(body)
+        assert len(profiles) <= MAX_PROFILES
+        for profile in profiles:
+            names = (
+                [profile.display_name]
+                if isinstance(profile.display_name, str)
+                else list(profile.display_name.values())
+            )
+            assert all(0 < len(n) <= MAX_DISPLAY_NAME and n.isprintable() for n in names)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.recursive(
+        st.text(max_size=20) | st.booleans() | st.none(),
+        lambda children: (
+            st.lists(children, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(["profile_id", "display_name", "vpn_proto_list", "en", "nl-NL"])
+                | st.text(max_size=5),
+                children,
+                max_size=4,
+            )
+        ),
+        max_leaves=12,
+    ),
+    st.sampled_from(["p", "office-1"]),
+)
+def test_parse_info_keeps_only_clean_profiles(entry: object, profile_id: str) -> None:
+    if isinstance(entry, dict):
+        entry = {**entry, "profile_id": profile_id}
+    with contextlib.suppress(ServerError):
+        for profile in parse_info(dumps({"info": {"profile_list": [entry]}})):
+            names = (
+                [profile.display_name]
+                if isinstance(profile.display_name, str)
+                else list(profile.display_name.values())
+            )
+            assert all(n.isprintable() and len(n) <= MAX_DISPLAY_NAME for n in names)
+            assert all(item.isprintable() for item in profile.vpn_proto_list)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(max_size=60), st.one_of(st.none(), st.text(max_size=40)), st.binary(max_size=50))
-def test_parse_connect_only_raises_server_error(
+@given(
+    st.one_of(st.sampled_from([OPENVPN_PROFILE, WIREGUARD_PROFILE]), st.text(max_size=60)),
+    st.one_of(st.none(), st.text(max_size=40)),
+    st.binary(max_size=50),
+)
+def test_parse_connect_only_raises_documented_errors(
     content_type: str, expires: str | None, body: bytes
 ) -> None:
     try:
         issued = parse_connect(content_type, expires, body)
-    except ServerError:
+    except (ServerError, ConfigRejected):
         return
     assert issued.protocol in ("openvpn", "wireguard")
     assert issued.expires_at >= 0
+    assert "\0" not in issued.text and len(issued.text) <= len(body)
 
 
 @settings(max_examples=100, deadline=None)

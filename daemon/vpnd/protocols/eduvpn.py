@@ -2,7 +2,13 @@
 
 Reads the discovery document, /info and /connect replies, and API errors.
 Every malformed document raises ServerError with a message naming what is
-wrong; URLs the server hands us must be https.
+wrong (a configuration text that cannot be used raises ConfigRejected);
+URLs the server hands us must be https.
+
+Everything a server sends is bounded: documents, nesting, lists and
+strings. Text that reaches a person (display names, server messages) is
+cleaned of control, format and separator characters, so a server can
+neither forge lines in a terminal nor put a NUL on the bus.
 """
 
 from __future__ import annotations
@@ -17,7 +23,13 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from urllib.parse import quote, urlsplit
 
-from vpnd.errors import AuthorizationRequired, InvalidArgument, NotFound, ServerError
+from vpnd.errors import (
+    AuthorizationRequired,
+    ConfigRejected,
+    InvalidArgument,
+    NotFound,
+    ServerError,
+)
 
 API_V3 = "http://eduvpn.org/api#3"
 API_V2 = "http://eduvpn.org/api#2"
@@ -39,6 +51,21 @@ MAX_CONFIG_BYTES = 1 << 20
 
 MAX_ERROR_TEXT = 200
 """How much of a server's error text is passed on to the user."""
+
+MAX_PROFILES = 1000
+"""Most profiles accepted in /info."""
+
+MAX_DISPLAY_NAME = 200
+"""Longest display name passed on (longer ones are cut)."""
+
+MAX_LANGUAGES = 100
+"""Most translations accepted in one display name."""
+
+MAX_LIST_ITEMS = 64
+"""Most entries accepted in a profile's string lists (protocols, DNS domains)."""
+
+MAX_LIST_ITEM = 253
+"""Longest entry accepted in those lists (a DNS name's length)."""
 
 
 @dataclass(frozen=True)
@@ -252,11 +279,22 @@ def parse_well_known(body: bytes) -> Endpoints:
 _PROFILE_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
+# BCP 47 tags as servers write them ("en", "en-US", "nl_NL", "sr-Latn-RS").
+_LANGUAGE_TAG_RE = re.compile(r"[A-Za-z]{1,8}(?:[_-][A-Za-z0-9]{1,8}){0,4}")
+
+
 def _string_list(value: object, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
     if value is None:
         return default
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ServerError(f'the server\'s profile list has a "{key}" that is not a list of strings')
+    if len(value) > MAX_LIST_ITEMS or not all(
+        0 < len(item) <= MAX_LIST_ITEM and item.isprintable() for item in value
+    ):
+        raise ServerError(
+            f'the server\'s profile list has a "{key}" with more than {MAX_LIST_ITEMS} entries'
+            " or an entry that is empty, too long or not printable"
+        )
     return tuple(value)
 
 
@@ -264,14 +302,19 @@ def _display_name(value: object, profile_id: str) -> str | Mapping[str, str]:
     if value is None:
         return profile_id
     if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        return clean_text(value, MAX_DISPLAY_NAME) or profile_id
+    if (
+        isinstance(value, dict)
+        and len(value) <= MAX_LANGUAGES
+        and all(
+            isinstance(k, str) and _LANGUAGE_TAG_RE.fullmatch(k) and isinstance(v, str)
+            for k, v in value.items()
+        )
     ):
-        return dict(value)
+        return {k: clean_text(v, MAX_DISPLAY_NAME) or profile_id for k, v in value.items()}
     raise ServerError(
         f'the server\'s profile "{profile_id}" has a display_name that is neither a '
-        "string nor a language map"
+        f"string nor a language map (at most {MAX_LANGUAGES} language tags)"
     )
 
 
@@ -308,6 +351,8 @@ def parse_info(body: bytes) -> list[Profile]:
     profile_list = info.get("profile_list") if isinstance(info, dict) else None
     if not isinstance(profile_list, list):
         raise ServerError('the server\'s /info reply has no "info.profile_list" list')
+    if len(profile_list) > MAX_PROFILES:
+        raise ServerError(f"the server's profile list has more than {MAX_PROFILES} profiles")
     profiles = [_profile(item) for item in profile_list]
     ids = [p.profile_id for p in profiles]
     if len(set(ids)) != len(ids):
@@ -334,7 +379,11 @@ _CONFIG_TYPES = {OPENVPN_PROFILE: "openvpn", WIREGUARD_PROFILE: "wireguard"}
 
 def parse_connect(content_type: str, expires: str | None, body: bytes) -> IssuedConfig:
     """Read a successful /connect reply (content type picks the protocol,
-    Expires is an HTTP date)."""
+    Expires is an HTTP date).
+
+    An unknown content type raises ServerError; a body that is too large,
+    not UTF-8 or holds a NUL raises ConfigRejected.
+    """
     media_type = content_type.split(";", 1)[0].strip().lower()
     protocol = _CONFIG_TYPES.get(media_type)
     if protocol is None:
@@ -342,13 +391,13 @@ def parse_connect(content_type: str, expires: str | None, body: bytes) -> Issued
             f"the server sent a configuration of unknown type {clean_text(media_type, 100)!r}"
         )
     if len(body) > MAX_CONFIG_BYTES:
-        raise ServerError("the server sent a configuration larger than 1 MiB")
+        raise ConfigRejected("the server sent a configuration larger than 1 MiB")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise ServerError("the server sent a configuration that is not UTF-8 text") from None
+        raise ConfigRejected("the server sent a configuration that is not UTF-8 text") from None
     if "\0" in text:
-        raise ServerError("the server sent a configuration containing NUL characters")
+        raise ConfigRejected("the server sent a configuration containing NUL characters")
     return IssuedConfig(protocol=protocol, text=text, expires_at=_http_date(expires))
 
 
@@ -373,8 +422,7 @@ def api_error(status: int, body: bytes) -> Exception:
     detail = _error_detail(body)
     if status == 401:
         return AuthorizationRequired(
-            "the server no longer accepts the saved authorization; "
-            "run `vpnctl login <server>`"
+            "the server no longer accepts the saved authorization; run `vpnctl login <server>`"
         )
     if status == 404:
         return NotFound("the server has no such profile" + detail)

@@ -19,6 +19,27 @@ reads a longer line as several, so what we render keeps every line within
 dropped, and a kept inline block with a longer line refuses the config (we
 cannot shorten key material, and a split line could end the block early
 in openvpn's eyes).
+
+What a config needs. A config that lost what openvpn needs to run as a
+TLS client is refused (ConfigRejected) instead of being run half-configured:
+at least one usable `remote`, a non-empty inline `<ca>`, a `dev tun` and a
+`client` (or `tls-client`) line.
+
+Choices, for the record:
+- Routes (`route`, `route-ipv6`, `redirect-gateway`) survive when they are
+  made of addresses and keywords only: the server may push the very same
+  options at connect time, so refusing them here would protect nothing.
+  `ifconfig`, `ifconfig-ipv6` and the like never appear in real profiles
+  and are dropped.
+- `dev tunN` becomes `dev tun`: the kernel then picks a free name, and
+  openvpn never attaches to a persistent tun device someone else created.
+- `push-peer-info` is dropped: it would tell the server the machine's
+  hardware address and operating system version.
+- `remap-usr1` is dropped: a SIGHUP makes openvpn re-read its config,
+  which here is a standard input that is already at its end.
+- Everything not listed below is dropped, whatever its spelling (`--up`,
+  `"up"`, `setenv opt up`, after `ignore-unknown-option`), and the caller
+  logs the dropped names.
 """
 
 from __future__ import annotations
@@ -160,7 +181,7 @@ def tokenize(line: str, number: int = 1) -> list[str]:
         # openvpn's line ends in NUL, which never counts as a character.
         out = out.replace("\0", "")
         if backslash and out and out not in '\\"' and out not in _SPACE:
-            raise _reject(number, "has a backslash before a character other than \\, \" or space")
+            raise _reject(number, 'has a backslash before a character other than \\, " or space')
         backslash = False
         if out:
             if len(token) >= _MAX_TOKEN_CHARS:
@@ -301,6 +322,11 @@ def _static_challenge(args: tuple[str, ...]) -> tuple[str, ...] | None:
     return args if len(args) == 2 or args[2] in ("scrv1", "concat") else None
 
 
+def _dev(args: tuple[str, ...]) -> tuple[str, ...] | None:
+    # The device name is not the server's to choose (see the module notes).
+    return ("tun",) if len(args) == 1 and _DEV_RE.fullmatch(args[0]) else None
+
+
 def _setenv(args: tuple[str, ...]) -> tuple[str, ...] | None:
     # Only peer-info variables: "setenv opt" would make unknown options
     # harmless-looking warnings, and other names reach scripts and plugins.
@@ -320,12 +346,11 @@ _DIRECTIVES: dict[str, Validator] = {
     "persist-key": _no_args,
     "persist-tun": _no_args,
     "remote-random": _no_args,
-    "push-peer-info": _no_args,
     "auth-nocache": _no_args,
     "mute-replay-warnings": _no_args,
     # With an argument it names a credentials file; without, openvpn asks us.
     "auth-user-pass": _no_args,
-    "dev": _matching(_DEV_RE),
+    "dev": _dev,
     "dev-type": _one_of("tun"),
     "proto": _one_of(*_PROTOS),
     "remote": _remote,
@@ -362,9 +387,20 @@ _DIRECTIVES: dict[str, Validator] = {
     "peer-fingerprint": _matching(_FINGERPRINT_RE),
 }
 
+ALLOWED_DIRECTIVES = frozenset(_DIRECTIVES)
+"""Directives that survive (when their arguments pass their check)."""
+
 INLINE_BLOCKS = frozenset(
-    {"ca", "cert", "key", "tls-crypt", "tls-auth", "tls-crypt-v2", "extra-certs",
-     "peer-fingerprint"}
+    {
+        "ca",
+        "cert",
+        "key",
+        "tls-crypt",
+        "tls-auth",
+        "tls-crypt-v2",
+        "extra-certs",
+        "peer-fingerprint",
+    }
 )
 """Inline blocks that survive; every other `<name>` block is dropped."""
 
@@ -442,7 +478,7 @@ def _fits_openvpn(line: str) -> bool:
 def sanitize(text: str) -> SanitizedConfig:
     """Parse and allow-list a server's config. Raises ConfigRejected when the
     text is out of bounds or unparsable, or when what survives lacks a
-    `remote` or a `<ca>`."""
+    `remote`, a `<ca>`, a `dev` or a `client` line."""
     lines = _check_bounds(text)
     kept: list[Directive] = []
     dropped: dict[str, None] = {}
@@ -479,17 +515,23 @@ def sanitize(text: str) -> SanitizedConfig:
         kept.append(Directive(name, args))
     config = SanitizedConfig(directives=tuple(kept), dropped=tuple(dropped))
     missing = []
-    if not any(d.name == "remote" and d.inline is None for d in config.directives):
+    if not _has_line(config, "remote"):
         missing.append("a `remote` line")
     ca = inline_block(config, "ca")
     if ca is None or not ca.strip():
         missing.append("an inline <ca> block")
+    if not _has_line(config, "dev"):
+        missing.append("a `dev tun` line")
+    if not (_has_line(config, "client") or _has_line(config, "tls-client")):
+        missing.append("a `client` line")
     if missing:
-        raise ConfigRejected(
-            "the server's OpenVPN config has no " + " and no ".join(missing)
-            + " that vpnd can use"
-        )
+        listed = ", ".join(missing[:-1]) + " and " + missing[-1] if len(missing) > 1 else missing[0]
+        raise ConfigRejected(f"the server's OpenVPN config lacks {listed} that vpnd can use")
     return config
+
+
+def _has_line(config: SanitizedConfig, name: str) -> bool:
+    return any(d.name == name and d.inline is None for d in config.directives)
 
 
 # --- reading a sanitized config -----------------------------------------------
