@@ -91,9 +91,7 @@ def authorization_url(
 def _single_fields(query: str) -> dict[str, str]:
     """The query's fields; AuthorizationFailed if malformed or a field repeats."""
     try:
-        pairs = parse_qsl(
-            query, keep_blank_values=True, strict_parsing=False, max_num_fields=32
-        )
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=False, max_num_fields=32)
     except ValueError:
         raise AuthorizationFailed("the authorization callback has too many fields") from None
     fields: dict[str, str] = {}
