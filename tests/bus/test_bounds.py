@@ -235,8 +235,10 @@ def test_redirects_share_one_deadline(
         portal.hostile[here + WELL_KNOWN] = Hostile(
             "raw",
             delay=hop,
-            head=b"HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Length: 0\r\n\r\n"
-            % (there + WELL_KNOWN).encode(),
+            # Connection: close, or the client may send the next hop on a
+            # connection the raw reply is about to close.
+            head=b"HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Length: 0\r\n"
+            b"Connection: close\r\n\r\n" % (there + WELL_KNOWN).encode(),
         )
     before = state_files(daemon)
     line = failed(vpnctl(["add", portal.base_url + "hop1/"], env))
