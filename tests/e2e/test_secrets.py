@@ -972,7 +972,8 @@ def running_daemon(
             directory.mkdir(mode=0o700, parents=True)
         env["PYTHONPATH"] = os.pathsep.join([str(site), str(REPO)])
         bus_socket = private_bus.address.removeprefix("unix:path=").split(",")[0]
-        keep = [workdir, lab_pki.ca_path, Path(bus_socket).parent]
+        # The code itself too, when the checkout lies under /tmp (as CI's may).
+        keep = [workdir, lab_pki.ca_path, Path(bus_socket).parent, REPO]
         env[SANDBOX_ENV] = json.dumps(
             {
                 "unit": str(UNIT),
