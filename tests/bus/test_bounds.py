@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.lab.browser import write_browser_script
-from tests.lab.daemon import VpndProcess, vpnctl
+from tests.lab.daemon import VpndProcess, failed, ok, state_files, status, vpnctl
 from tests.lab.dbus import PrivateSystemBus
 from tests.lab.pki import LabPKI
 from tests.lab.portal import Hostile, HostileServed, TestPortal
@@ -39,38 +39,11 @@ DEADLINE = f"did not answer within {HTTP_TIMEOUT} seconds"
 TOO_LARGE = f"larger than {MAX_BODY} bytes"
 
 
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}"
-    return result.stdout
-
-
-def failed(result: subprocess.CompletedProcess[str]) -> str:
-    """The one line a failing vpnctl prints."""
-    assert result.returncode != 0, result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].isprintable()
-    return lines[0]
-
-
-def state_files(daemon: VpndProcess) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(daemon.state_dir)): p.read_bytes()
-        for p in daemon.state_dir.rglob("*")
-        if p.is_file()
-    }
-
-
 def children(daemon: VpndProcess) -> list[str]:
     out = subprocess.run(
         ["pgrep", "-P", str(daemon.pid), "-a"], capture_output=True, text=True, check=False
     )
     return out.stdout.splitlines()
-
-
-def status(env: dict[str, str]) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(ok(vpnctl(["status", "--json"], env)))
-    return data
 
 
 def memory_kib(daemon: VpndProcess, field: str) -> int:

@@ -19,7 +19,7 @@ import pytest
 from jeepney import DBusAddress, MatchRule, message_bus, new_method_call
 
 from tests.lab.browser import approve
-from tests.lab.daemon import REPO, VpndProcess, vpnctl
+from tests.lab.daemon import REPO, VpndProcess, failed, ok, state_files, vpnctl
 from tests.lab.dbus import PrivateSystemBus
 from tests.lab.portal import TestPortal
 
@@ -66,31 +66,9 @@ def gdbus(bus: PrivateSystemBus, *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}"
-    return result.stdout
-
-
-def failed(result: subprocess.CompletedProcess[str]) -> str:
-    """The one line a failing vpnctl prints."""
-    assert result.returncode != 0, result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[0]
-
-
 def servers(env: dict[str, str]) -> list[dict[str, Any]]:
     data = json.loads(ok(vpnctl(["list", "--json"], env)))
     return data["servers"] if isinstance(data, dict) else data
-
-
-def state_files(vpnd: VpndProcess) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(vpnd.state_dir)): p.read_bytes()
-        for p in sorted(vpnd.state_dir.rglob("*"))
-        if p.is_file()
-    }
 
 
 def add_and_login(portal: TestPortal, env: dict[str, str]) -> None:

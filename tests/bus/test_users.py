@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from tests.lab.browser import approve
-from tests.lab.daemon import REPO, VpndProcess, vpnctl
+from tests.lab.daemon import REPO, VpndProcess, ok, vpnctl
 from tests.lab.dbus import PrivateSystemBus
 from tests.lab.pki import LabPKI
 from tests.lab.portal import Hostile, TestPortal
@@ -278,11 +278,6 @@ class Listener:
         assert self._proc.returncode == 0, err
         self.signals = json.loads(out)
         return self.signals
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}"
-    return result.stdout
 
 
 def refused(result: subprocess.CompletedProcess[str], exit_code: int = 5) -> str:

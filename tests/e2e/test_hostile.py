@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import os
 import re
 import shutil
@@ -42,11 +41,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.lab.daemon import VpndProcess, vpnctl
+from tests.lab.daemon import VpndProcess, failed, ok, status, vpnctl
 from tests.lab.dbus import PrivateSystemBus
 from tests.lab.netns import OpenVPNLab
 from tests.lab.pki import LabPKI
@@ -61,23 +59,6 @@ WAIT = 30.0
 
 
 # --- helpers ----------------------------------------------------------------------
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}"
-    return result.stdout
-
-
-def failed(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode != 0, result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
-
-
-def status(env: dict[str, str]) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(ok(vpnctl(["status", "--json"], env)))
-    return data
 
 
 def openvpn_children(daemon: VpndProcess) -> list[int]:

@@ -58,7 +58,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from jeepney import DBusAddress, HeaderFields, MessageType, new_method_call, new_signal
 from jeepney.io.blocking import DBusConnection, open_dbus_connection
 
-from tests.lab.daemon import VpndProcess, vpnctl
+from tests.lab.daemon import VpndProcess, ok, vpnctl
 from tests.lab.dbus import PrivateSystemBus
 from tests.lab.netns import OpenVPNLab
 from tests.lab.pki import LabPKI
@@ -372,11 +372,6 @@ class BusMonitor:
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}"
-    return result.stdout
 
 
 def openvpn_pid(daemon: VpndProcess) -> int:

@@ -7,39 +7,20 @@ disconnect, and what must be left behind: nothing.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import re
 import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.lab.daemon import VpndProcess, vpnctl
+from tests.lab.daemon import VpndProcess, failed, ok, state_files, status, vpnctl
 from tests.lab.netns import OpenVPNLab
 from tests.lab.portal import TestPortal
 
 pytestmark = pytest.mark.e2e
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}"
-    return result.stdout
-
-
-def failed(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode != 0, result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
-
-
-def status(env: dict[str, str]) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(ok(vpnctl(["status", "--json"], env)))
-    return data
 
 
 def tun_devices() -> set[str]:
@@ -66,14 +47,6 @@ def ping(address: str) -> bool:
         ).returncode
         == 0
     )
-
-
-def state_files(vpnd: VpndProcess) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(vpnd.state_dir)): p.read_bytes()
-        for p in vpnd.state_dir.rglob("*")
-        if p.is_file()
-    }
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ and the harness waits for its READY=1.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -192,3 +194,34 @@ def vpnctl(
         timeout=timeout,
         check=False,
     )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    """The output of a vpnctl run that must succeed."""
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}"
+    return result.stdout
+
+
+def failed(result: subprocess.CompletedProcess[str]) -> str:
+    """The one printable line a failing vpnctl must print, and nothing else."""
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert lines[0].isprintable(), lines[0]
+    return lines[0]
+
+
+def status(env: Mapping[str, str]) -> dict[str, Any]:
+    """`vpnctl status --json`."""
+    data: dict[str, Any] = json.loads(ok(vpnctl(["status", "--json"], env)))
+    return data
+
+
+def state_files(daemon: VpndProcess) -> dict[str, bytes]:
+    """Every file under the daemon's state directory with its bytes, to compare before and after."""
+    return {
+        str(p.relative_to(daemon.state_dir)): p.read_bytes()
+        for p in sorted(daemon.state_dir.rglob("*"))
+        if p.is_file()
+    }
