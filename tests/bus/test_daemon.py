@@ -21,7 +21,7 @@ from jeepney import DBusAddress, MatchRule, message_bus, new_method_call
 from tests.lab.browser import approve
 from tests.lab.daemon import REPO, VpndProcess, failed, ok, state_files, vpnctl
 from tests.lab.dbus import PrivateSystemBus
-from tests.lab.portal import TestPortal
+from tests.lab.portal import Hostile, TestPortal
 
 pytestmark = pytest.mark.bus
 
@@ -489,3 +489,20 @@ def test_another_user_cannot_end_someones_login_with_a_forged_callback(
     # The user's own browser still completes the same login.
     approve(url, ca_file=str(lab_pki.ca_path))
     assert servers(client_env)[0]["authorized"] is True
+
+
+def test_an_api_that_keeps_refusing_gets_one_refresh_then_asks_for_login(
+    vpnd: VpndProcess, portal: TestPortal, client_env: dict[str, str]
+) -> None:
+    add_and_login(portal, client_env)
+    grants = len(portal.token_grants)
+    portal.hostile["/api/v3/info"] = Hostile(
+        "raw",
+        head=b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 25\r\nConnection: close\r\n\r\n",
+        body=b'{"error":"invalid_token"}',
+    )
+    line = failed(vpnctl(["profiles", portal.host], client_env))
+    assert "vpnctl login" in line
+    assert portal.token_grants[grants:] == ["refresh_token"]  # once, not in a loop
+    assert servers(client_env)[0]["authorized"] is False

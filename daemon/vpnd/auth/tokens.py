@@ -66,30 +66,28 @@ class TokenKeeper:
             raise AuthorizationRequired(
                 f"vpnd has no authorization for {server_label}; run `vpnctl login {server_label}`"
             )
-        refreshed = False
+        # One refresh per call: on expiry before the call, or after a 401.
+        may_refresh = True
         if tokens.expires_at and tokens.expires_at - _EXPIRY_MARGIN < time.time():
             tokens = await self._refresh(
                 provider, owner, server_id, server_label, endpoints, tokens
             )
-            refreshed = True
-        try:
-            return await api_call(tokens.access_token)
-        except AuthorizationRequired:
-            if refreshed:
-                self.forget(owner, server_id)
-                raise AuthorizationRequired(
-                    f"{server_label} refused a freshly refreshed authorization;"
-                    f" run `vpnctl login {server_label}`"
-                ) from None
-        log.info("%s refused the access token; refreshing once", server_label)
-        tokens = await self._refresh(provider, owner, server_id, server_label, endpoints, tokens)
-        try:
-            return await api_call(tokens.access_token)
-        except AuthorizationRequired:
-            self.forget(owner, server_id)
-            raise AuthorizationRequired(
-                f"{server_label} refused the saved authorization; run `vpnctl login {server_label}`"
-            ) from None
+            may_refresh = False
+        while True:
+            try:
+                return await api_call(tokens.access_token)
+            except AuthorizationRequired:
+                if not may_refresh:
+                    self.forget(owner, server_id)
+                    raise AuthorizationRequired(
+                        f"{server_label} refused the saved authorization;"
+                        f" run `vpnctl login {server_label}`"
+                    ) from None
+            log.info("%s refused the access token; refreshing once", server_label)
+            tokens = await self._refresh(
+                provider, owner, server_id, server_label, endpoints, tokens
+            )
+            may_refresh = False
 
     async def _refresh(
         self,
