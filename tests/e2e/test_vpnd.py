@@ -203,3 +203,26 @@ def test_a_frozen_openvpn_does_not_hold_up_the_daemon(
         if Path(f"/proc/{pid}").exists():
             os.kill(pid, signal.SIGKILL)
     vpnd.start()  # for the fixture's own clean stop
+
+
+def test_a_crashed_daemon_leaves_no_tunnel_and_restarts_with_its_servers(
+    vpnd: VpndProcess, portal: TestPortal, logged_in: dict[str, str]
+) -> None:
+    tuns_before = tun_devices()
+    ok(vpnctl(["connect", portal.host, "--profile", "employees"], logged_in))
+    ours = tun_devices() - tuns_before
+    [child] = openvpn_children(vpnd)
+    pid = int(child.split()[0])
+    listed = ok(vpnctl(["list", "--json"], logged_in))
+    vpnd.kill()  # SIGKILL: no shutdown code runs
+    # openvpn notices its management connection is gone and exits by itself.
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists()
+    assert not ours & tun_devices()
+    vpnd.start()
+    assert status(logged_in)["state"] == "disconnected"
+    assert ok(vpnctl(["list", "--json"], logged_in)) == listed
+    ok(vpnctl(["connect", portal.host, "--profile", "employees"], logged_in))
+    ok(vpnctl(["disconnect"], logged_in))
