@@ -36,7 +36,7 @@ class EduVPNProvider:
     async def profiles(self, endpoints: Endpoints, access_token: str) -> list[Profile]:
         """GET /info."""
         reply = await self._http.get(
-            endpoints.api_endpoint.rstrip("/") + "/info", headers=_bearer(access_token)
+            eduvpn.api_call_url(endpoints.api_endpoint, "info"), headers=_bearer(access_token)
         )
         _check(reply)
         return eduvpn.parse_info(reply.body)
@@ -46,7 +46,7 @@ class EduVPNProvider:
     ) -> IssuedConfig:
         """POST /connect for an OpenVPN configuration."""
         reply = await self._http.post(
-            endpoints.api_endpoint.rstrip("/") + "/connect",
+            eduvpn.api_call_url(endpoints.api_endpoint, "connect"),
             data={"profile_id": profile_id, "prefer_tcp": "yes" if prefer_tcp else "no"},
             headers={**_bearer(access_token), "Accept": _ACCEPT_CONFIG},
         )
@@ -58,7 +58,7 @@ class EduVPNProvider:
     async def disconnect(self, endpoints: Endpoints, access_token: str) -> None:
         """POST /disconnect."""
         reply = await self._http.post(
-            endpoints.api_endpoint.rstrip("/") + "/disconnect",
+            eduvpn.api_call_url(endpoints.api_endpoint, "disconnect"),
             data={},
             headers=_bearer(access_token),
         )
