@@ -91,20 +91,3 @@ class StorageFailed(VpndError):
     """The daemon's state on disk could not be read or written."""
 
     dbus_name = PREFIX + "StorageFailed"
-
-
-ALL_ERRORS: tuple[type[VpndError], ...] = (
-    VpndError,
-    InvalidArgument,
-    NotFound,
-    AlreadyExists,
-    NotAuthorized,
-    AuthorizationRequired,
-    AuthorizationFailed,
-    ServerUnreachable,
-    ServerError,
-    ConfigRejected,
-    TunnelFailed,
-    Busy,
-    StorageFailed,
-)

@@ -56,11 +56,6 @@ class Call:
         """Whether the caller lets polkit ask its user for a password."""
         return bool(self.message.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)
 
-    @property
-    def is_root(self) -> bool:
-        """Whether the caller is root."""
-        return self.uid == ROOT_UID
-
 
 class Callers:
     """UIDs of the bus connections that called vpnd, and which of them are administrators."""
@@ -83,16 +78,7 @@ class Callers:
 
     async def _add_match(self) -> None:
         try:
-            reply = await self._bus.call(
-                Message(
-                    destination=_BUS_DAEMON,
-                    path="/org/freedesktop/DBus",
-                    interface=_BUS_DAEMON,
-                    member="AddMatch",
-                    signature="s",
-                    body=[NAME_LOST_RULE],
-                )
-            )
+            reply = await self._ask_bus("AddMatch", NAME_LOST_RULE)
         except Exception as exc:
             log.error("cannot watch callers leave the bus: %s", exc)
             return
@@ -131,20 +117,24 @@ class Callers:
         return Call(message, uid)
 
     async def _ask_uid(self, sender: str) -> int:
-        reply = await self._bus.call(
-            Message(
-                destination=_BUS_DAEMON,
-                path="/org/freedesktop/DBus",
-                interface=_BUS_DAEMON,
-                member="GetConnectionUnixUser",
-                signature="s",
-                body=[sender],
-            )
-        )
+        reply = await self._ask_bus("GetConnectionUnixUser", sender)
         if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
             # Typically the caller has left already.
             raise NotAuthorized("the bus could not tell who is calling")
         return int(reply.body[0])
+
+    async def _ask_bus(self, member: str, argument: str) -> Message | None:
+        """Call a method of the bus daemon that takes one string."""
+        return await self._bus.call(
+            Message(
+                destination=_BUS_DAEMON,
+                path="/org/freedesktop/DBus",
+                interface=_BUS_DAEMON,
+                member=member,
+                signature="s",
+                body=[argument],
+            )
+        )
 
     def _remember(self, sender: str, uid: int) -> None:
         if sender in self._gone:
