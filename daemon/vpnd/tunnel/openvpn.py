@@ -13,11 +13,13 @@ command line override whatever the config says.
 
 The private key does not go to openvpn at all: given one, the tunnel starts
 openvpn with `--management-external-key` and answers each `>PK_SIGN` with a
-signature made here. openvpn drops to an unprivileged user (`--user`,
-`--group`) once the tun device is open; linked with libcap-ng it keeps
-CAP_NET_ADMIN alone, which is what it needs to remove its routes and device
-on the way out, and `--persist-tun` keeps the device over a reconnect it
-could not set up again unprivileged.
+signature made here. openvpn never runs as root for longer than its setup:
+started by the daemon (`ChildLauncher`), it drops to an unprivileged user
+(`--user`, `--group`) once the tun device is open, keeping CAP_NET_ADMIN
+alone (linked with libcap-ng), which is what it needs to remove its routes
+and device on the way out; started by systemd (`SystemdLauncher`), it runs
+as that user with CAP_NET_ADMIN from the start. `--persist-tun` keeps the
+device over a reconnect.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import socket
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -54,6 +56,7 @@ from vpnd.protocols.management import (
     command,
     pk_sig,
 )
+from vpnd.tunnel.process import ChildLauncher, Launcher, OpenVPNProcess
 
 if TYPE_CHECKING:
     # Loaded when a tunnel with a key starts: cryptography is not needed before.
@@ -117,6 +120,8 @@ class TunnelSettings:
     user: str | None = DEFAULT_USER
     # Its group; None means the user's own primary group, never root's.
     group: str | None = DEFAULT_USER
+    # How openvpn is started: the daemon's child, or a systemd unit.
+    launcher: Launcher = field(default_factory=ChildLauncher)
 
     def __post_init__(self) -> None:
         if not 0 <= self.verb <= MAX_VERB:
@@ -192,7 +197,7 @@ class Tunnel:
         self._signer: Signer | None = None
         self._account: tuple[str, str] | None = None  # (user, group) openvpn drops to
 
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: OpenVPNProcess | None = None
         self._parser = ManagementParser()
         self._writer: asyncio.StreamWriter | None = None
         self._management_task: asyncio.Task[None] | None = None
@@ -298,7 +303,7 @@ class Tunnel:
             "/dev/stdin",
             # After the config, so that the config cannot change them.
             "--management",
-            str(self.socket_path),
+            settings.launcher.management_path(self.socket_path),
             "unix",
             "--management-client",
             "--management-hold",
@@ -316,8 +321,10 @@ class Tunnel:
             # with an RSA key. No `nopadding`: raw RSA is refused anyway.
             argv += ["--management-external-key", "pkcs1", "pss"]
         if self._account is not None:
-            user, group = self._account
-            argv += ["--user", user, "--group", group, "--persist-tun", "--persist-key"]
+            if settings.launcher.switches_user:
+                user, group = self._account
+                argv += ["--user", user, "--group", group]
+            argv += ["--persist-tun", "--persist-key"]
         return argv
 
     def _listen(self) -> socket.socket:
@@ -329,7 +336,7 @@ class Tunnel:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(os.fsencode(self.socket_path))
-            os.chmod(self.socket_path, 0o600)
+            os.chmod(self.socket_path, self._settings.launcher.socket_mode)
             listener.listen(1)
             listener.setblocking(False)
         except OSError as error:
@@ -345,34 +352,16 @@ class Tunnel:
             self.socket_path.unlink()
 
     async def _spawn(self) -> None:
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *self._argv(),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                # Keeps a terminal's Ctrl-C away from openvpn: the daemon stops it.
-                start_new_session=True,
-                env=_child_environment(),
-            )
-        except OSError as error:
-            raise TunnelFailed(
-                f"cannot run {self._settings.openvpn}: {error.strerror or error}"
-            ) from None
+        self._proc = await self._settings.launcher.launch(
+            self._name, self._argv(), _child_environment(), self.socket_path, self._account
+        )
         self.pid = self._proc.pid
-        log.info("tunnel %s: openvpn started (pid %d)", self._name, self.pid)
+        log.info("tunnel %s: openvpn started (%s)", self._name, self._proc.label)
         self._watch_task = asyncio.create_task(self._watch(self._proc))
 
     async def _send_config(self) -> None:
-        assert self._proc is not None and self._proc.stdin is not None
-        stdin = self._proc.stdin
-        try:
-            stdin.write(self._config.encode("utf-8"))
-            await stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # openvpn is gone; its exit tells why
-        finally:
-            stdin.close()
+        assert self._proc is not None
+        await self._proc.send_input(self._config.encode("utf-8"))
 
     async def _accept(self, listener: socket.socket) -> socket.socket:
         assert self._proc is not None
@@ -380,20 +369,24 @@ class Tunnel:
         while True:
             connection = await self._unless_exited(loop.sock_accept(listener))
             connection_socket = connection[0]
-            peer_pid = _peer_pid(connection_socket)
-            if peer_pid == self._proc.pid:
+            peer_pid, peer_uid = _peer(connection_socket)
+            try:
+                accepted = await self._unless_exited(self._proc.is_peer(peer_pid, peer_uid))
+            except BaseException:
+                connection_socket.close()
+                raise
+            if accepted:
+                self.pid = peer_pid
                 return connection_socket
             log.warning(
                 "tunnel %s: refused a management connection from pid %s", self._name, peer_pid
             )
             connection_socket.close()
 
-    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+    async def _watch(self, proc: OpenVPNProcess) -> None:
         """Read openvpn's output until it exits, then report the exit once."""
         try:
             await self._read_output(proc)
-            if proc.stdin is not None:
-                proc.stdin.close()
             returncode = await proc.wait()
             if self._management_task is not None:
                 # The connection ends with the process; its last lines may hold >FATAL.
@@ -412,19 +405,18 @@ class Tunnel:
             # Set even if this task dies, so that stop() never waits forever.
             self._exited.set()
         log.info(
-            "tunnel %s: openvpn (pid %s) exited with status %d: %s",
+            "tunnel %s: openvpn (%s) exited with status %d: %s",
             self._name,
-            self.pid,
+            proc.label,
             returncode,
             self._exit.reason,
         )
         self._emit(self._exit)
 
-    async def _read_output(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
+    async def _read_output(self, proc: OpenVPNProcess) -> None:
         while True:
             try:
-                line = await proc.stdout.readline()
+                line = await proc.readline()
             except ValueError:
                 continue  # an overlong line, dropped; reading on keeps openvpn from blocking
             except OSError as error:
@@ -444,7 +436,7 @@ class Tunnel:
         if not entry.text:
             return
         self._tail.append(entry)
-        log.debug("openvpn[%s]: %s", self.pid, entry.text)
+        log.debug("openvpn[%s]: %s", self.pid or self._name, entry.text)
 
     async def _shutdown(self, timeout: float = 5.0) -> None:
         """The one way down, shared by stop() and a failed start()."""
@@ -459,10 +451,10 @@ class Tunnel:
         steps: list[tuple[Callable[[], None], float]] = []
         if self._writer is not None and not self._writer.is_closing():
             steps.append((self._ask_to_exit, timeout / 2))
-            steps.append((lambda: _signal(proc, signal.SIGTERM), timeout / 2))
+            steps.append((lambda: proc.send_signal(signal.SIGTERM), timeout / 2))
         else:
-            steps.append((lambda: _signal(proc, signal.SIGTERM), timeout))
-        steps.append((lambda: _signal(proc, signal.SIGKILL), 0))
+            steps.append((lambda: proc.send_signal(signal.SIGTERM), timeout))
+        steps.append((lambda: proc.send_signal(signal.SIGKILL), 0))
         for action, wait in steps:
             if self._exited.is_set():
                 break
@@ -636,7 +628,7 @@ class Tunnel:
         if self._failure is None:
             self._failure = error
         if self._proc is not None:
-            _signal(self._proc, signal.SIGTERM)
+            self._proc.send_signal(signal.SIGTERM)
 
     # -- helpers -------------------------------------------------------------
 
@@ -674,6 +666,11 @@ class Tunnel:
             return self._failure.message
         if self._fatal:
             return self._fatal
+        launcher_reason = None
+        if returncode is not None and self._proc is not None:
+            launcher_reason = self._proc.exit_reason(returncode)
+        if launcher_reason is not None:
+            return launcher_reason
         if returncode is not None and returncode < 0:
             # Its last lines tell what it was doing, not why it ended.
             return f"openvpn was killed by signal {-returncode}"
@@ -746,15 +743,10 @@ def _account(settings: TunnelSettings) -> tuple[str, str] | None:
     return settings.user, group.gr_name
 
 
-def _peer_pid(connection: socket.socket) -> int:
+def _peer(connection: socket.socket) -> tuple[int, int]:
+    """The (pid, uid) of the process at the other end of a unix socket."""
     credentials = connection.getsockopt(
         socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
     )
-    pid, _uid, _gid = struct.unpack("3i", credentials)
-    return int(pid)
-
-
-def _signal(proc: asyncio.subprocess.Process, signum: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        if proc.returncode is None:
-            proc.send_signal(signum)
+    pid, uid, _gid = struct.unpack("3i", credentials)
+    return int(pid), int(uid)
