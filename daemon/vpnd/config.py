@@ -22,6 +22,11 @@ class Settings:
     # A PEM bundle trusted in addition to the system's CAs (a private portal CA).
     ca_file: Path | None = None
     openvpn: str = "openvpn"
+    # How openvpn is started: "systemd" (a transient unit per tunnel, under
+    # its own user from the start), "child" (the daemon's child, switching
+    # users itself) or "auto" (systemd when the daemon runs as a systemd
+    # service, else child).
+    openvpn_launcher: str = "auto"
     client_id: str = "org.eduvpn.app.linux"
     # Seconds for one HTTP exchange with a server; below the 25 s D-Bus call timeout.
     http_timeout: float = 15.0
@@ -45,7 +50,8 @@ class Settings:
 
 _PATH_KEYS = {"state_dir", "runtime_dir", "ca_file", "store_key_file"}
 _FLOAT_KEYS = {"http_timeout", "authorization_timeout", "connect_timeout"}
-_STR_KEYS = {"openvpn", "client_id", "log_level", "secret_backend"}
+_STR_KEYS = {"openvpn", "client_id", "log_level", "secret_backend", "openvpn_launcher"}
+_LAUNCHERS = {"auto", "systemd", "child"}
 _CLIENT_IDS = {"org.eduvpn.app.linux", "org.letsconnect-vpn.app.linux"}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
 _BACKEND_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*", re.ASCII)
@@ -69,6 +75,10 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     if key == "log_level" and value not in _LOG_LEVELS:
         raise InvalidArgument(
             f"{source}: log_level must be one of {', '.join(sorted(_LOG_LEVELS))}"
+        )
+    if key == "openvpn_launcher" and value not in _LAUNCHERS:
+        raise InvalidArgument(
+            f"{source}: openvpn_launcher must be one of {', '.join(sorted(_LAUNCHERS))}"
         )
     if key == "secret_backend" and value != "encrypted-file" and not _BACKEND_SPEC.fullmatch(value):
         raise InvalidArgument(

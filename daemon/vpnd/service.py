@@ -10,10 +10,13 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vpnd import __version__, config
 from vpnd.errors import VpndError
+
+if TYPE_CHECKING:
+    from vpnd.tunnel.process import Launcher
 
 log = logging.getLogger("vpnd")
 
@@ -72,6 +75,17 @@ def _notifier() -> Callable[[str], None]:
     return notify
 
 
+def _launcher(choice: str) -> Launcher:
+    """The way openvpn is started, as `openvpn_launcher` says."""
+    from vpnd.tunnel.process import ChildLauncher
+    from vpnd.tunnel.systemd import SystemdLauncher, systemd_available
+
+    if choice == "systemd" or (choice == "auto" and systemd_available()):
+        log.info("openvpn runs as transient systemd units")
+        return SystemdLauncher()
+    return ChildLauncher()
+
+
 def _prepare_runtime_dir(path: Path) -> None:
     """Own the runtime dir (0700) and remove what a crashed earlier run left in it."""
     from vpnd.store.atomic import ensure_private_dir
@@ -106,7 +120,11 @@ async def run(settings: config.Settings) -> int:
         log.error("cannot prepare %s or %s: %s", settings.runtime_dir, settings.state_dir, exc)
         return 1
     http = HttpClient(ca_file=settings.ca_file, timeout=settings.http_timeout)
-    tunnel_settings = TunnelSettings(runtime_dir=settings.runtime_dir, openvpn=settings.openvpn)
+    tunnel_settings = TunnelSettings(
+        runtime_dir=settings.runtime_dir,
+        openvpn=settings.openvpn,
+        launcher=_launcher(settings.openvpn_launcher),
+    )
 
     def new_tunnel(
         name: str, text: str, key: bytes | None, on_event: Callable[[TunnelEvent], None]
