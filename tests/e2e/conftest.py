@@ -15,6 +15,9 @@ from tests.lab.browser import write_browser_script
 from tests.lab.netns import OpenVPNLab
 from tests.lab.pki import KeyType, LabPKI
 from tests.lab.portal import TestPortal
+from tests.lab.systemd import SystemdWorld, python_binds
+from tests.lab.systemd import available as systemd_world_available
+from tests.lab.vpnd_unit import UnitDaemon, world_files
 
 ProfileFactory = Callable[..., str]
 
@@ -90,3 +93,27 @@ def client_profile(client_profile_factory: ProfileFactory) -> str:
 def lab_browser(lab_pki: LabPKI, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An executable to put in $BROWSER: it approves the lab portal's authorization pages."""
     return write_browser_script(tmp_path_factory.mktemp("browser"), ca_file=str(lab_pki.ca_path))
+
+
+@pytest.fixture(scope="session")
+def unit_world(lab_pki: LabPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UnitDaemon]:
+    """A systemd world with vpnd installed as vpnd.service and its system bus up (not vpnd)."""
+    reason = systemd_world_available()
+    if reason is not None:
+        pytest.skip(reason)
+    world = SystemdWorld(
+        tmp_path_factory.mktemp("world"), files=world_files(lab_pki), binds=python_binds()
+    )
+    with world:
+        yield UnitDaemon(world, world.start_system_bus())
+
+
+@pytest.fixture
+def unit_daemon(unit_world: UnitDaemon) -> Iterator[UnitDaemon]:
+    """vpnd.service in the world, stopped and without state; left that way afterwards."""
+    unit_world.reset()
+    yield unit_world
+    log = unit_world.log()
+    unit_world.reset()
+    assert "Traceback" not in log, log
+    assert unit_world.openvpn_units() == []

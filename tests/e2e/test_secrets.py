@@ -18,32 +18,18 @@ status, a token refresh, revoked tokens, disconnect, remove. What is searched:
   tokens only sealed.
 
 The same session runs twice: once with the daemon as the other tests start
-it, once inside an emulation of the sandbox `data/systemd/vpnd.service`
-describes (`enter_unit_sandbox`): capability bounding set, no new
-privileges, the system call filter, address families, W^X memory,
-namespaces, a private /dev with only the tun device, /proc with other users'
-processes hidden, a read-only system, a private /tmp, and the umask. PID 1
-here is not systemd, so the unit itself cannot be started; this is the
-closest check that vpnd and openvpn can live with it. Every setting of the
-unit is either emulated or listed with the reason it is not, and the
-confined daemon also has to stop an openvpn that answers nothing (CAP_KILL).
+it, once as vpnd.service under a real systemd (tests/lab/vpnd_unit.py),
+where the unit's whole sandbox is in force and openvpn runs in a transient
+unit of its own; there the log is the daemon's journal and the bus is the
+world's system bus. tests/e2e/test_systemd.py checks that sandbox itself.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
-import ctypes
-import ctypes.util
-import errno
 import json
 import os
-import re
-import signal
-import socket
-import stat
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -63,11 +49,9 @@ from tests.lab.dbus import PrivateSystemBus
 from tests.lab.netns import OpenVPNLab
 from tests.lab.pki import LabPKI
 from tests.lab.portal import TestPortal
+from tests.lab.vpnd_unit import UnitDaemon
 
 pytestmark = pytest.mark.e2e
-
-REPO = Path(__file__).resolve().parents[2]
-UNIT = REPO / "data" / "systemd" / "vpnd.service"
 
 # Windows this long out of every secret are searched too: a secret cut,
 # wrapped, quoted or escaped still shows one of them.
@@ -374,7 +358,9 @@ class BusMonitor:
 # -- helpers -------------------------------------------------------------------
 
 
-def openvpn_pid(daemon: VpndProcess) -> int:
+def openvpn_pid(daemon: VpndProcess | UnitDaemon) -> int:
+    if isinstance(daemon, UnitDaemon):
+        return daemon.openvpn_pid()
     out = subprocess.run(
         ["pgrep", "-P", str(daemon.pid), "-x", "openvpn"],
         capture_output=True,
@@ -415,622 +401,46 @@ def proc_status(pid: int) -> dict[str, str]:
     return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
 
 
-# -- the unit's sandbox, emulated ----------------------------------------------
-
-SANDBOX_ENV = "VPND_TEST_UNIT_SANDBOX"
-
-# Settings of the unit that enter_unit_sandbox applies.
-EMULATED = {
-    "CapabilityBoundingSet",
-    "AmbientCapabilities",
-    "NoNewPrivileges",
-    "RestrictAddressFamilies",
-    "PrivateDevices",
-    "BindReadOnlyPaths",
-    "BindPaths",
-    "ProtectSystem",
-    "ProtectHome",
-    "PrivateTmp",
-    "PrivateMounts",
-    "PrivateIPC",
-    "ProtectProc",
-    "ProcSubset",
-    "ProtectKernelTunables",
-    "ProtectControlGroups",
-    "RestrictNamespaces",
-    "LockPersonality",
-    "MemoryDenyWriteExecute",
-    "SystemCallArchitectures",
-    "SystemCallFilter",
-    "SystemCallErrorNumber",
-    "UMask",
-}
-# Settings it leaves out, and why that is acceptable.
-NOT_EMULATED = {
-    # The service manager's side: VpndProcess gives the daemon a notify
-    # socket, its own directories and a stop signal the same way.
-    "Type": "VpndProcess waits for READY=1 itself",
-    "NotifyAccess": "VpndProcess's notify socket takes the main process's messages",
-    "BusName": "only for bus activation",
-    "ExecStart": "the test runs the daemon from the source tree",
-    "Restart": "service manager policy",
-    "RestartSec": "service manager policy",
-    "TimeoutStopSec": "VpndProcess has its own stop timeout",
-    "StateDirectory": "the test passes --state-dir (writable, as here)",
-    "StateDirectoryMode": "the daemon's own mkdir uses 0700 as well",
-    "RuntimeDirectory": "the test passes --runtime-dir (writable, as here)",
-    "RuntimeDirectoryMode": "the daemon's own mkdir uses 0700 as well",
-    "RuntimeDirectoryPreserve": "about restarts, which the test does not do",
-    "ConfigurationDirectory": "the test passes --config",
-    # Covered by other settings here, or not reproducible without systemd.
-    "DevicePolicy": "the device cgroup needs systemd; the private /dev holds only allowed nodes",
-    "DeviceAllow": "the device cgroup needs systemd; the private /dev holds only allowed nodes",
-    "ProtectKernelModules": "no CAP_SYS_MODULE (bounding set) and @module is filtered",
-    "ProtectKernelLogs": "no CAP_SYSLOG, no /dev/kmsg, /proc/kmsg hidden by ProcSubset",
-    "ProtectClock": "no CAP_SYS_TIME and @clock is filtered",
-    "ProtectHostname": "no CAP_SYS_ADMIN and sethostname is filtered",
-    "KeyringMode": "the daemon uses no kernel keyring",
-    "RestrictRealtime": "the scheduler calls are filtered with @resources",
-    "RestrictSUIDSGID": "the daemon creates no set-id files; needs chmod argument filters",
-}
-
-_CAP_HEADER_VERSION_3 = 0x20080522
-_PR_CAPBSET_READ = 23
-_PR_CAPBSET_DROP = 24
-_PR_SET_NO_NEW_PRIVS = 38
-_PR_CAP_AMBIENT = 47
-_PR_CAP_AMBIENT_CLEAR_ALL = 4
-_CLONE_NEWNS = 0x00020000
-_CLONE_NEWIPC = 0x08000000
-_NAMESPACE_FLAGS = (
-    0x00000080,  # CLONE_NEWTIME
-    0x00020000,  # CLONE_NEWNS
-    0x02000000,  # CLONE_NEWCGROUP
-    0x04000000,  # CLONE_NEWUTS
-    0x08000000,  # CLONE_NEWIPC
-    0x10000000,  # CLONE_NEWUSER
-    0x20000000,  # CLONE_NEWPID
-    0x40000000,  # CLONE_NEWNET
-)
-_MS_RDONLY = 1
-_MS_NOSUID = 2
-_MS_NODEV = 4
-_MS_NOEXEC = 8
-_MS_REMOUNT = 32
-_MS_BIND = 4096
-_MS_MOVE = 8192
-_MS_REC = 16384
-_MS_PRIVATE = 1 << 18
-_MS_STRICTATIME = 1 << 24
-_OPTION_FLAGS = {"nosuid": _MS_NOSUID, "nodev": _MS_NODEV, "noexec": _MS_NOEXEC}
-_PROT_WRITE = 2
-_PROT_EXEC = 4
-_SHM_EXEC = 0o100000
-_SCMP_ACT_ALLOW = 0x7FFF0000
-_SCMP_CMP_EQ = 4
-_SCMP_CMP_GE = 5
-_SCMP_CMP_MASKED_EQ = 7
-_SCMP_CMP_NE = 1
-# What systemd's private /dev holds besides the nodes a unit binds in.
-_PSEUDO_DEVICES = {
-    "null": (1, 3),
-    "zero": (1, 5),
-    "full": (1, 7),
-    "random": (1, 8),
-    "urandom": (1, 9),
-    "tty": (5, 0),
-}
-
-
-def _scmp_errno(number: int) -> int:
-    return 0x00050000 | (number & 0xFFFF)
-
-
-class _ScmpArgCmp(ctypes.Structure):
-    _fields_ = [
-        ("arg", ctypes.c_uint),
-        ("op", ctypes.c_int),
-        ("datum_a", ctypes.c_uint64),
-        ("datum_b", ctypes.c_uint64),
-    ]
-
-
-def unit_service_settings(path: Path = UNIT) -> list[tuple[str, str]]:
-    """The [Service] section of the unit as (key, value) pairs in order."""
-    settings: list[tuple[str, str]] = []
-    section = ""
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("["):
-            section = line.strip("[]")
-            continue
-        if section == "Service":
-            key, _, value = line.partition("=")
-            settings.append((key.strip(), value.strip()))
-    return settings
-
-
-def syscall_groups() -> dict[str, list[str]]:
-    """systemd's system call groups (`systemd-analyze syscall-filter`), members unexpanded."""
-    out = subprocess.run(
-        ["systemd-analyze", "syscall-filter", "--no-pager"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    groups: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in out.splitlines():
-        item = line.strip()
-        if not item or item.startswith("#"):
-            continue
-        if not line.startswith((" ", "\t")):
-            current = groups.setdefault(item, []) if item.startswith("@") else None
-        elif current is not None:
-            current.append(item)
-    return groups
-
-
-def allowed_syscalls(filters: list[str], groups: Mapping[str, list[str]]) -> set[str]:
-    """The allow list systemd builds from SystemCallFilter= lines (an allow list first)."""
-
-    def expand(name: str) -> set[str]:
-        if not name.startswith("@"):
-            return {name}
-        return set().union(*(expand(member) for member in groups[name]))
-
-    allowed: set[str] = set()
-    for index, line in enumerate(filters):
-        deny = line.startswith("~")
-        names = line.removeprefix("~").split()
-        if index == 0:
-            assert not deny, "the emulation handles a unit whose first filter is an allow list"
-            # systemd adds @default to an allow list by itself.
-            allowed |= expand("@default")
-        for name in names:
-            if deny:
-                allowed -= expand(name)
-            else:
-                allowed |= expand(name)
-    return allowed
-
-
-class _Sandbox:
-    """The system calls enter_unit_sandbox makes, through libc, libcap and libseccomp."""
-
-    def __init__(self) -> None:
-        self.libc = ctypes.CDLL(None, use_errno=True)
-        self.libc.mount.argtypes = [
-            ctypes.c_char_p,
-            ctypes.c_char_p,
-            ctypes.c_char_p,
-            ctypes.c_ulong,
-            ctypes.c_char_p,
-        ]
-        self.libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
-        self.libcap = ctypes.CDLL(ctypes.util.find_library("cap") or "libcap.so.2", use_errno=True)
-        self.libcap.cap_from_name.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int)]
-        seccomp = ctypes.CDLL(
-            ctypes.util.find_library("seccomp") or "libseccomp.so.2", use_errno=True
-        )
-        seccomp.seccomp_init.restype = ctypes.c_void_p
-        seccomp.seccomp_init.argtypes = [ctypes.c_uint32]
-        seccomp.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
-        seccomp.seccomp_rule_add_array.argtypes = [
-            ctypes.c_void_p,
-            ctypes.c_uint32,
-            ctypes.c_int,
-            ctypes.c_uint,
-            ctypes.POINTER(_ScmpArgCmp),
-        ]
-        seccomp.seccomp_load.argtypes = [ctypes.c_void_p]
-        seccomp.seccomp_release.argtypes = [ctypes.c_void_p]
-        self.seccomp = seccomp
-
-    def check(self, result: int, what: str) -> None:
-        if result < 0:
-            number = ctypes.get_errno() or -result
-            raise OSError(number, f"{what}: {os.strerror(number)}")
-
-    def mount(
-        self,
-        source: str | None,
-        target: str,
-        fstype: str | None,
-        flags: int,
-        data: str | None = None,
-    ) -> None:
-        self.check(
-            self.libc.mount(
-                source.encode() if source else None,
-                target.encode(),
-                fstype.encode() if fstype else None,
-                flags,
-                data.encode() if data else None,
-            ),
-            f"mount {target}",
-        )
-
-    def prctl(self, option: int, arg: int = 0, what: str = "prctl") -> int:
-        result = int(self.libc.prctl(option, arg, 0, 0, 0))
-        self.check(result, what)
-        return result
-
-    def capability(self, name: str) -> int:
-        value = ctypes.c_int()
-        self.check(self.libcap.cap_from_name(name.lower().encode(), ctypes.byref(value)), name)
-        return value.value
-
-    def set_capabilities(self, keep: set[int]) -> None:
-        """Bounding set, then effective/permitted, to `keep`; inheritable and ambient empty."""
-        cap = 0
-        while self.libc.prctl(_PR_CAPBSET_READ, cap, 0, 0, 0) >= 0:
-            if cap not in keep:
-                self.prctl(_PR_CAPBSET_DROP, cap, f"dropping capability {cap}")
-            cap += 1
-        self.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, "clearing ambient capabilities")
-        mask = sum(1 << cap for cap in keep)
-        header = (ctypes.c_uint32 * 2)(_CAP_HEADER_VERSION_3, 0)
-        data = (ctypes.c_uint32 * 6)(
-            mask & 0xFFFFFFFF, mask & 0xFFFFFFFF, 0, mask >> 32, mask >> 32, 0
-        )
-        self.check(self.libc.capset(header, data), "capset")
-
-    def load_filter(
-        self, default: int, rules: list[tuple[int, str, list[tuple[int, int, int, int]]]]
-    ) -> None:
-        """One seccomp filter: `default` action, rules of (action, syscall, comparisons)."""
-        context = self.seccomp.seccomp_init(default)
-        if not context:
-            raise OSError(errno.EINVAL, "seccomp_init failed")
-        try:
-            for action, name, comparisons in rules:
-                number = self.seccomp.seccomp_syscall_resolve_name(name.encode())
-                if number < 0:
-                    continue  # not a system call of this architecture
-                array = (_ScmpArgCmp * max(1, len(comparisons)))(
-                    *(_ScmpArgCmp(arg, op, a, b) for arg, op, a, b in comparisons)
-                )
-                result = self.seccomp.seccomp_rule_add_array(
-                    context, action, number, len(comparisons), array
-                )
-                self.check(result, f"seccomp rule for {name}")
-            self.check(self.seccomp.seccomp_load(context), "seccomp_load")
-        finally:
-            self.seccomp.seccomp_release(context)
-
-
-def _mount_table() -> list[tuple[str, set[str]]]:
-    """(mount point, per-mount options) of every mount this process sees."""
-    table = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        point = re.sub(r"\\([0-7]{3})", lambda match: chr(int(match[1], 8)), fields[4])
-        table.append((point, set(fields[5].split(","))))
-    return table
-
-
-def _under(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
-
-
-def enter_unit_sandbox() -> None:
-    """Confine this process (the daemon, before it starts) as the unit's [Service] says.
-
-    Called from a sitecustomize module in the daemon's PYTHONPATH, with
-    SANDBOX_ENV set to JSON: {"unit": path, "read_write": [directories the
-    unit makes writable], "keep": [what the daemon needs from the test's
-    /tmp]}. Every setting of the unit must be in EMULATED or NOT_EMULATED.
-    """
-    spec = json.loads(os.environ.pop(SANDBOX_ENV))
-    settings = unit_service_settings(Path(spec["unit"]))
-    read_write: list[str] = spec["read_write"]
-    unknown = {key for key, _ in settings} - EMULATED - set(NOT_EMULATED)
-    if unknown:
-        raise RuntimeError(f"the emulation does not know these settings: {sorted(unknown)}")
-
-    def last(key: str, default: str = "") -> str:
-        found = [value for name, value in settings if name == key]
-        return found[-1] if found else default
-
-    def every(key: str) -> list[str]:
-        return [value for name, value in settings if name == key]
-
-    def yes(key: str) -> bool:
-        return last(key, "no").lower() in {"yes", "true", "1", "on"}
-
-    box = _Sandbox()
-    groups = syscall_groups()  # systemd-analyze runs before anything is taken away
-    staging_dirs: list[Path] = []
-
-    def scratch(name: str) -> Path:
-        """An empty directory outside /tmp and /dev to build a mount in before moving it."""
-        path = Path(f"/run/vpnd-test-{name}-{os.getpid()}")
-        path.mkdir(mode=0o755)
-        staging_dirs.append(path)
-        return path
-
-    try:
-        # Mounts: a private namespace, like every unit with file system settings.
-        box.check(box.libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-        box.mount(None, "/", None, _MS_REC | _MS_PRIVATE)
-        if yes("PrivateIPC"):
-            box.check(box.libc.unshare(_CLONE_NEWIPC), "unshare(CLONE_NEWIPC)")
-        binds = [(path, True) for line in every("BindReadOnlyPaths") for path in line.split()]
-        binds += [(path, False) for line in every("BindPaths") for path in line.split()]
-
-        if yes("PrivateDevices"):
-            staging = scratch("dev")
-            box.mount(
-                "tmpfs",
-                str(staging),
-                "tmpfs",
-                _MS_NOSUID | _MS_NOEXEC | _MS_STRICTATIME,
-                "mode=755",
-            )
-            for name, (major, minor) in _PSEUDO_DEVICES.items():
-                os.mknod(staging / name, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
-            for name, target in {
-                "fd": "/proc/self/fd",
-                "stdin": "/proc/self/fd/0",
-                "stdout": "/proc/self/fd/1",
-                "stderr": "/proc/self/fd/2",
-            }.items():
-                os.symlink(target, staging / name)
-            (staging / "shm").mkdir(mode=0o1777)
-            for path, read_only in binds:
-                if not _under(path, "/dev"):
-                    continue
-                target = staging / Path(path).relative_to("/dev")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.touch()
-                box.mount(path, str(target), None, _MS_BIND)
-                if read_only:
-                    box.mount(None, str(target), None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY)
-            box.mount(str(staging), "/dev", None, _MS_MOVE)
-            staging.rmdir()
-            box.mount(None, "/dev", None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NOEXEC)
-            binds = [(path, read_only) for path, read_only in binds if not _under(path, "/dev")]
-        for path, read_only in binds:
-            box.mount(path, path, None, _MS_BIND)
-            if read_only:
-                box.mount(None, path, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY)
-
-        private_tmp = ["/tmp", "/var/tmp"] if yes("PrivateTmp") else []
-        if private_tmp:
-            # A fresh /tmp, into which what the daemon needs from the test's
-            # /tmp (its directories, the CA, the bus socket) is bound first.
-            staging = scratch("tmp")
-            box.mount("tmpfs", str(staging), "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=1777")
-            for path in spec["keep"]:
-                target = staging / Path(path).relative_to("/tmp")
-                if Path(path).is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                else:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.touch()
-                box.mount(path, str(target), None, _MS_BIND | _MS_REC)
-            box.mount(str(staging), "/tmp", None, _MS_MOVE)
-            staging.rmdir()
-            box.mount("tmpfs", "/var/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=1777")
-
-        # The capability numbers come from libcap, before /proc changes.
-        keep = {
-            box.capability(name) for line in every("CapabilityBoundingSet") for name in line.split()
-        }
-
-        proc_options = []
-        if last("ProtectProc", "default") != "default":
-            proc_options.append(f"hidepid={last('ProtectProc')}")
-        if last("ProcSubset", "all") != "all":
-            proc_options.append(f"subset={last('ProcSubset')}")
-        if proc_options:
-            box.mount(
-                "proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, ",".join(proc_options)
-            )
-
-        hidden: list[str] = []
-        if last("ProtectHome", "no") == "yes":
-            # /root only when the interpreter does not live there (pyenv does);
-            # an installed vpnd lives in /usr.
-            prefixes = (sys.base_prefix, sys.prefix)
-            hidden = [
-                path
-                for path in ("/home", "/root", "/run/user")
-                if Path(path).is_dir() and not any(_under(prefix, path) for prefix in prefixes)
-            ]
-            for path in hidden:
-                box.mount(
-                    "tmpfs",
-                    path,
-                    "tmpfs",
-                    _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
-                    "mode=000",
-                )
-
-        if last("ProtectSystem", "no") == "strict":
-            for path in read_write:
-                box.mount(path, path, None, _MS_BIND)
-            for point, options in _mount_table():
-                if "ro" in options or point in read_write or point in hidden + private_tmp:
-                    continue
-                if _under(point, "/proc") or _under(point, "/dev"):
-                    continue
-                if _under(point, "/sys") and not yes("ProtectKernelTunables"):
-                    continue
-                flags = _MS_REMOUNT | _MS_BIND | _MS_RDONLY
-                for option in options:
-                    flags |= _OPTION_FLAGS.get(option, 0)
-                box.mount(None, point, None, flags)
-        elif yes("ProtectKernelTunables") or yes("ProtectControlGroups"):
-            raise RuntimeError("the emulation covers /sys only together with ProtectSystem=strict")
-
-        os.umask(int(last("UMask", "0022"), 8))
-
-        box.set_capabilities(keep)
-        if yes("NoNewPrivileges"):
-            box.prctl(_PR_SET_NO_NEW_PRIVS, 1, "no_new_privs")
-
-        # System calls: one filter per setting, as systemd installs them; the
-        # strictest answer of all filters wins. The allow list goes last: it
-        # takes seccomp() itself away.
-        families = {getattr(socket, name) for name in last("RestrictAddressFamilies").split()}
-        if families:
-            refuse = _scmp_errno(errno.EAFNOSUPPORT)
-            rules = [
-                (refuse, "socket", [(0, _SCMP_CMP_EQ, family, 0)])
-                for family in range(64)
-                if family not in families
-            ]
-            rules.append((refuse, "socket", [(0, _SCMP_CMP_GE, 64, 0)]))
-            box.load_filter(_SCMP_ACT_ALLOW, rules)
-        refuse = _scmp_errno(errno.EPERM)
-        if yes("MemoryDenyWriteExecute"):
-            wx = _PROT_WRITE | _PROT_EXEC
-            box.load_filter(
-                _SCMP_ACT_ALLOW,
-                [
-                    (refuse, "mmap", [(2, _SCMP_CMP_MASKED_EQ, wx, wx)]),
-                    (refuse, "mprotect", [(2, _SCMP_CMP_MASKED_EQ, _PROT_EXEC, _PROT_EXEC)]),
-                    (refuse, "pkey_mprotect", [(2, _SCMP_CMP_MASKED_EQ, _PROT_EXEC, _PROT_EXEC)]),
-                    (refuse, "shmat", [(2, _SCMP_CMP_MASKED_EQ, _SHM_EXEC, _SHM_EXEC)]),
-                ],
-            )
-        if yes("RestrictNamespaces"):
-            rules = [
-                (refuse, call, [(arg, _SCMP_CMP_MASKED_EQ, flag, flag)])
-                for flag in _NAMESPACE_FLAGS
-                for call, arg in (("unshare", 0), ("clone", 0), ("setns", 1))
-            ]
-            rules.append((refuse, "setns", [(1, _SCMP_CMP_EQ, 0, 0)]))
-            # clone3 passes its flags in memory a filter cannot read; systemd
-            # answers ENOSYS so that the C library falls back to clone.
-            rules.append((_scmp_errno(errno.ENOSYS), "clone3", []))
-            box.load_filter(_SCMP_ACT_ALLOW, rules)
-        if yes("LockPersonality"):
-            box.load_filter(_SCMP_ACT_ALLOW, [(refuse, "personality", [(0, _SCMP_CMP_NE, 0, 0)])])
-        error_number = getattr(errno, last("SystemCallErrorNumber", "EPERM"))
-        allowed = allowed_syscalls(every("SystemCallFilter"), groups)
-        box.load_filter(
-            _scmp_errno(error_number), [(_SCMP_ACT_ALLOW, name, []) for name in sorted(allowed)]
-        )
-    finally:
-        # What a failure left behind (the host's /run is the same directory).
-        for path in staging_dirs:
-            with contextlib.suppress(OSError):
-                path.rmdir()
-
-
-SITECUSTOMIZE = """\
-import os, sys, traceback
-try:
-    from tests.e2e.test_secrets import enter_unit_sandbox
-    enter_unit_sandbox()
-except BaseException:
-    # site.py would print and carry on, unconfined: stop here instead.
-    traceback.print_exc()
-    sys.stderr.flush()
-    os._exit(70)
-"""
-
-
-def expected_bounding_set() -> int:
-    """The unit's CapabilityBoundingSet= as the mask /proc/PID/status shows."""
-    box = _Sandbox()
-    return sum(
-        1 << box.capability(name)
-        for key, value in unit_service_settings()
-        if key == "CapabilityBoundingSet"
-        for name in value.split()
-    )
-
-
 # -- fixtures ------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def running_daemon(
-    kind: str, tmp_path: Path, private_bus: PrivateSystemBus, lab_pki: LabPKI
-) -> Iterator[VpndProcess]:
-    """vpnd as the other tests run it ("plain"), or inside the unit's sandbox ("unit-sandbox")."""
-    workdir = tmp_path / "vpnd"
-    env = private_bus.env({})
-    read_write = [workdir / "state", workdir / "run"]
-    if kind == "unit-sandbox":
-        site = tmp_path / "site"
-        site.mkdir()
-        (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
-        # StateDirectory= and RuntimeDirectory= exist before the unit starts.
-        for directory in read_write:
-            directory.mkdir(mode=0o700, parents=True)
-        env["PYTHONPATH"] = os.pathsep.join([str(site), str(REPO)])
-        bus_socket = private_bus.address.removeprefix("unix:path=").split(",")[0]
-        # The code itself too, when the checkout lies under /tmp (as CI's may).
-        keep = [workdir, lab_pki.ca_path, Path(bus_socket).parent, REPO]
-        env[SANDBOX_ENV] = json.dumps(
-            {
-                "unit": str(UNIT),
-                "read_write": [str(path) for path in read_write],
-                "keep": [str(path) for path in keep if path.is_relative_to("/tmp")],
-            }
-        )
-    process = VpndProcess(workdir, env, ca_file=lab_pki.ca_path)
-    # The directories the sandbox makes writable are the ones the daemon gets.
-    assert [process.state_dir, process.runtime_dir] == read_write
+@pytest.fixture(params=["plain", "systemd"])
+def session(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    private_bus: PrivateSystemBus,
+    lab_pki: LabPKI,
+    client_env: dict[str, str],
+) -> Iterator[tuple[VpndProcess | UnitDaemon, str, dict[str, str]]]:
+    """(daemon, its bus address, vpnctl's environment): vpnd as the other tests
+    run it, and as vpnd.service under a real systemd (tests/lab/vpnd_unit.py)."""
+    if request.param == "systemd":
+        unit_daemon: UnitDaemon = request.getfixturevalue("unit_daemon")
+        yield unit_daemon, unit_daemon.bus_address, unit_daemon.env(client_env)
+        return
+    process = VpndProcess(tmp_path / "vpnd", private_bus.env({}), ca_file=lab_pki.ca_path)
     process.start()
-    yield process
+    yield process, private_bus.address, client_env
     status = process.stop()
     assert status == 0, process.log()
     assert "Traceback" not in process.log(), process.log()
 
 
-@pytest.fixture(params=["plain", "unit-sandbox"])
-def daemon(
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    private_bus: PrivateSystemBus,
-    lab_pki: LabPKI,
-) -> Iterator[VpndProcess]:
-    """vpnd as the other tests run it, and inside the emulation of the unit's sandbox."""
-    with running_daemon(request.param, tmp_path, private_bus, lab_pki) as process:
-        yield process
-
-
-@pytest.fixture
-def confined_daemon(
-    tmp_path: Path, private_bus: PrivateSystemBus, lab_pki: LabPKI
-) -> Iterator[VpndProcess]:
-    """vpnd inside the emulation of the unit's sandbox."""
-    with running_daemon("unit-sandbox", tmp_path, private_bus, lab_pki) as process:
-        yield process
-
-
 # -- the tests -----------------------------------------------------------------
 
 
-def test_every_unit_setting_is_emulated_or_explained() -> None:
-    keys = {key for key, _ in unit_service_settings()}
-    assert not keys - EMULATED - set(NOT_EMULATED)
-    assert not EMULATED & set(NOT_EMULATED)
-
-
 def test_a_whole_session_leaks_no_secret(
-    request: pytest.FixtureRequest,
-    daemon: VpndProcess,
+    session: tuple[VpndProcess | UnitDaemon, str, dict[str, str]],
     portal: TestPortal,
     openvpn_lab: OpenVPNLab,
     lab_pki: LabPKI,
-    private_bus: PrivateSystemBus,
-    client_env: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
+    daemon, bus_address, env = session
     secrets = record_portal_secrets(portal, lab_pki, monkeypatch)
     capture = Capture()
-    monitor = BusMonitor(private_bus.address)
-    env = client_env
+    monitor = BusMonitor(bus_address)
     host = portal.host
     try:
         ok(capture.vpnctl(["add", portal.base_url], env))
@@ -1063,8 +473,6 @@ def test_a_whole_session_leaks_no_secret(
         assert b"\0--management-external-key\0" in argv, (
             "openvpn was given the private key itself (DESIGN.md: signatures only)"
         )
-        if request.node.callspec.params["daemon"] == "unit-sandbox":
-            assert_confined(daemon.pid, pid)
         ok(capture.vpnctl(["disconnect"], env))
 
         # An expired access token is refreshed: the refresh token travels too.
@@ -1086,6 +494,9 @@ def test_a_whole_session_leaks_no_secret(
     finally:
         monitor.stop()
     capture.add("vpnd log", daemon.log())
+    if isinstance(daemon, UnitDaemon):
+        # systemd's own messages about the daemon's and openvpn's units too.
+        capture.add("the journal", daemon.world.journal())
     capture.add("D-Bus traffic", monitor.text())
 
     # The recording and the monitor really saw the session.
@@ -1105,50 +516,3 @@ def test_a_whole_session_leaks_no_secret(
     # neither a token nor key material may be readable in its files.
     sealed = state.leaks(secrets)
     assert not sealed, "\n".join(sealed)
-
-
-def assert_confined(vpnd_pid: int, openvpn_pid: int) -> None:
-    """The sandbox is really in force, in the daemon and in openvpn."""
-    bounding = expected_bounding_set()
-    assert os.readlink(f"/proc/{vpnd_pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
-    mounts = {
-        fields[4]: fields
-        for fields in (
-            line.split() for line in Path(f"/proc/{vpnd_pid}/mountinfo").read_text().splitlines()
-        )
-    }
-    assert "ro" in mounts["/"][5].split(",")
-    assert {"hidepid=invisible", "subset=pid"} <= set(mounts["/proc"][-1].split(","))
-    assert set(os.listdir(f"/proc/{vpnd_pid}/root/dev/net")) == {"tun"}
-    assert not Path(f"/proc/{vpnd_pid}/root/dev/kmsg").exists()
-    for pid in (vpnd_pid, openvpn_pid):
-        status = proc_status(pid)
-        assert int(status["CapBnd"], 16) == bounding, (pid, status["CapBnd"])
-        assert status["NoNewPrivs"] == "1", pid
-        assert status["Seccomp"] == "2", pid
-        assert int(status["CapEff"], 16) & ~bounding == 0, (pid, status["CapEff"])
-    # openvpn switched to its own user and kept CAP_NET_ADMIN alone.
-    status = proc_status(openvpn_pid)
-    assert status["Uid"].split()[0] != "0", status["Uid"]
-    net_admin = 1 << 12
-    assert int(status["CapEff"], 16) == net_admin, status["CapEff"]
-
-
-def test_the_confined_daemon_stops_a_frozen_openvpn(
-    confined_daemon: VpndProcess, portal: TestPortal, client_env: dict[str, str]
-) -> None:
-    # openvpn runs as another user and answers nothing: only a signal ends
-    # it, and only CAP_KILL lets the daemon send one.
-    env = client_env
-    ok(vpnctl(["add", portal.base_url], env))
-    ok(vpnctl(["login", portal.host], env))
-    ok(vpnctl(["connect", portal.host, "--profile", "employees"], env))
-    pid = openvpn_pid(confined_daemon)
-    assert proc_status(pid)["Uid"].split()[0] != "0"
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        ok(vpnctl(["disconnect"], env))
-        assert not Path(f"/proc/{pid}").exists()
-    finally:
-        if Path(f"/proc/{pid}").exists():
-            os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,210 @@
+"""vpnd under a real systemd: the shipped unit, D-Bus activation, openvpn in units of its own.
+
+The world (tests/lab/systemd.py) boots the machine's systemd as PID 1 of
+private namespaces; vpnd.service, the bus policy, the activation file and
+the polkit actions are installed there as a package would install them
+(tests/lab/vpnd_unit.py). The test portal and the openvpn servers run on the
+host, whose network the world shares, so the tunnels are real.
+
+What this shows: bus activation starts the daemon under the unit's sandbox
+with no capability at all; each tunnel runs as the transient unit
+vpnd-openvpn-<name>.service, as the vpnd-openvpn user with CAP_NET_ADMIN
+alone; the unit scores at most 2.0 in `systemd-analyze security` on a
+running system; and the daemon still stops, kills and outlives its openvpn
+units as it does its children.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_vpnd import tun_devices
+from tests.lab.daemon import ok, status, vpnctl
+from tests.lab.netns import OpenVPNLab
+from tests.lab.portal import TestPortal
+from tests.lab.vpnd_unit import UNIT, UnitDaemon
+
+NET_ADMIN = 1 << 12
+MAX_EXPOSURE = 2.0
+_EXPOSURE = re.compile(r"Overall exposure level for \S+: ([0-9.]+)")
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
+def ping(address: str) -> bool:
+    result = subprocess.run(
+        ["ping", "-c", "1", "-W", "3", address], capture_output=True, check=False
+    )
+    return result.returncode == 0
+
+
+def exposure(daemon: UnitDaemon, unit: str) -> float:
+    """`systemd-analyze security` of a loaded unit, on the running world."""
+    out = daemon.world.run("systemd-analyze", "security", "--no-pager", unit).stdout
+    match = _EXPOSURE.search(out)
+    assert match is not None, out[-2000:]
+    return float(match[1])
+
+
+def connected(daemon: UnitDaemon, portal: TestPortal, client_env: dict[str, str]) -> dict[str, str]:
+    """Add the portal, log in and connect; return vpnctl's environment."""
+    env = daemon.env(client_env)
+    ok(vpnctl(["add", portal.base_url], env))
+    ok(vpnctl(["login", portal.host], env))
+    ok(vpnctl(["connect", portal.host, "--profile", "employees"], env))
+    return env
+
+
+def gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists()
+
+
+def test_bus_activation_starts_the_daemon_without_capabilities(
+    unit_daemon: UnitDaemon, client_env: dict[str, str]
+) -> None:
+    assert not unit_daemon.active()
+    ok(vpnctl(["list"], unit_daemon.env(client_env)))
+    assert unit_daemon.active()
+    process = proc_status(unit_daemon.pid)
+    assert process["Uid"].split() == ["0"] * 4
+    for capabilities in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(process[capabilities], 16) == 0, (capabilities, process[capabilities])
+    assert process["NoNewPrivs"] == "1"
+    assert process["Seccomp"] == "2"
+    assert "openvpn runs as transient systemd units" in unit_daemon.log()
+
+
+def test_the_running_unit_scores_at_most_2(
+    unit_daemon: UnitDaemon, client_env: dict[str, str]
+) -> None:
+    ok(vpnctl(["list"], unit_daemon.env(client_env)))
+    assert exposure(unit_daemon, UNIT) <= MAX_EXPOSURE
+
+
+def test_a_tunnel_runs_in_a_unit_of_its_own(
+    unit_daemon: UnitDaemon,
+    portal: TestPortal,
+    openvpn_lab: OpenVPNLab,
+    client_env: dict[str, str],
+) -> None:
+    tuns_before = tun_devices()
+    env = connected(unit_daemon, portal, client_env)
+    assert status(env)["state"] == "connected"
+    assert ping(openvpn_lab.tunnel_gateway_udp)
+    [unit] = unit_daemon.openvpn_units()
+    assert re.fullmatch(r"vpnd-openvpn-[A-Za-z0-9_.-]+\.service", unit)
+    # Bound to the daemon, so that it never outlives it.
+    assert UNIT in unit_daemon.show(unit, "BindsTo").split()
+
+    pid = unit_daemon.openvpn_pid()
+    process = proc_status(pid)
+    uid = pwd.getpwnam("vpnd-openvpn").pw_uid
+    assert process["Uid"].split() == [str(uid)] * 4
+    for capabilities in ("CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(process[capabilities], 16) == NET_ADMIN, (capabilities, process)
+    assert process["NoNewPrivs"] == "1"
+    assert process["Seccomp"] == "2"
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert b"--user" not in argv  # never root, so nothing to switch from
+    assert b"--management-external-key" in argv
+    environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert b"LC_ALL=C" in environment
+    assert not [v for v in environment if v.startswith((b"NOTIFY_SOCKET=", b"DBUS_", b"CREDENT"))]
+    # The management socket is gone once openvpn is connected to it.
+    assert list(unit_daemon.runtime_dir.iterdir()) == []
+    assert exposure(unit_daemon, unit) <= MAX_EXPOSURE
+
+    ok(vpnctl(["disconnect"], env))
+    assert gone(pid)
+    assert unit_daemon.openvpn_units() == []
+    assert not tun_devices() - tuns_before
+    assert status(env)["state"] == "disconnected"
+
+
+def test_stopping_the_daemon_stops_its_tunnel(
+    unit_daemon: UnitDaemon, portal: TestPortal, client_env: dict[str, str]
+) -> None:
+    tuns_before = tun_devices()
+    connected(unit_daemon, portal, client_env)
+    pid = unit_daemon.openvpn_pid()
+    calls = portal.disconnect_calls
+    unit_daemon.stop()
+    assert gone(pid)
+    assert unit_daemon.openvpn_units() == []
+    assert not tun_devices() - tuns_before
+    # The daemon went down first and said goodbye to the portal itself.
+    assert portal.disconnect_calls == calls + 1
+    assert "Traceback" not in unit_daemon.log()
+
+
+def test_a_frozen_openvpn_is_killed_through_systemd(
+    unit_daemon: UnitDaemon, portal: TestPortal, client_env: dict[str, str]
+) -> None:
+    # openvpn answers nothing, runs as another user, and the daemon may not
+    # signal it: systemd does, on the daemon's request.
+    env = connected(unit_daemon, portal, client_env)
+    pid = unit_daemon.openvpn_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        ok(vpnctl(["disconnect"], env))
+        assert gone(pid)
+        assert unit_daemon.openvpn_units() == []
+    finally:
+        if not gone(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_killed_daemon_takes_its_tunnel_along_and_comes_back(
+    unit_daemon: UnitDaemon, portal: TestPortal, client_env: dict[str, str]
+) -> None:
+    tuns_before = tun_devices()
+    env = connected(unit_daemon, portal, client_env)
+    listed = ok(vpnctl(["list", "--json"], env))
+    pid = unit_daemon.openvpn_pid()
+    daemon_pid = unit_daemon.pid
+    unit_daemon.world.systemctl("kill", "--signal=KILL", UNIT)
+    unit_daemon.wait_for(lambda: gone(pid) and gone(daemon_pid), timeout=15)
+    assert unit_daemon.openvpn_units() == []
+    assert not tun_devices() - tuns_before
+    # Restart=on-failure brings it back, with its servers and authorizations.
+    unit_daemon.wait_for(unit_daemon.active, timeout=15)
+    time.sleep(0)  # the restarted daemon answers once it is active (Type=notify)
+    assert ok(vpnctl(["list", "--json"], env)) == listed
+    ok(vpnctl(["connect", portal.host, "--profile", "employees"], env))
+    ok(vpnctl(["disconnect"], env))
+
+
+@pytest.mark.parametrize("launcher", ["systemd"])
+def test_openvpn_that_cannot_start_is_a_named_error(
+    unit_daemon: UnitDaemon, portal: TestPortal, client_env: dict[str, str], launcher: str
+) -> None:
+    # The binary is missing: systemd is never asked, and the error says why.
+    unit_daemon.world.write_file(
+        "/etc/vpnd/vpnd.toml",
+        unit_daemon.world.read_file("/etc/vpnd/vpnd.toml")
+        + f'openvpn = "/nonexistent/openvpn"\nopenvpn_launcher = "{launcher}"\n',
+    )
+    try:
+        env = unit_daemon.env(client_env)
+        ok(vpnctl(["add", portal.base_url], env))
+        ok(vpnctl(["login", portal.host], env))
+        result = vpnctl(["connect", portal.host, "--profile", "employees"], env)
+        assert result.returncode != 0
+        assert "/nonexistent/openvpn" in result.stderr
+        assert unit_daemon.openvpn_units() == []
+    finally:
+        text = unit_daemon.world.read_file("/etc/vpnd/vpnd.toml")
+        unit_daemon.world.write_file(
+            "/etc/vpnd/vpnd.toml", text.split('openvpn = "/nonexistent')[0]
+        )
