@@ -289,11 +289,15 @@ class UnitProcess:
         """The unit's main process, running as openvpn's user."""
         if uid != self._uid:
             return False
-        state = await self._state()
-        if state is None:
+        try:
+            reply = await self._launcher.call(
+                self._path, _PROPERTIES, "Get", "ss", _SERVICE, "MainPID"
+            )
+        except SystemdError as error:
+            log.debug("%s: %s", self._unit, error.message)
             return False
-        main_pid = int(state.get("MainPID", 0))
-        if main_pid != 0 and main_pid == pid:
+        main_pid = reply.body[0].value
+        if isinstance(main_pid, int) and main_pid != 0 and main_pid == pid:
             self._pid = main_pid
             return True
         return False
