@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_vpnd import tun_devices
-from tests.lab.daemon import ok, status, vpnctl
+from tests.lab.daemon import REPO, ok, status, vpnctl
 from tests.lab.netns import OpenVPNLab
 from tests.lab.portal import TestPortal
 from tests.lab.vpnd_unit import UNIT, UnitDaemon
@@ -208,3 +208,46 @@ def test_openvpn_that_cannot_start_is_a_named_error(
         unit_daemon.world.write_file(
             "/etc/vpnd/vpnd.toml", text.split('openvpn = "/nonexistent')[0]
         )
+
+
+def test_the_store_key_comes_from_an_encrypted_credential(
+    unit_daemon: UnitDaemon, portal: TestPortal, client_env: dict[str, str]
+) -> None:
+    # The README's "The store key as an encrypted credential", step by step;
+    # the world has no TPM, so the credential is sealed with the host key.
+    world = unit_daemon.world
+    credential = "/etc/credstore.encrypted/vpnd-store.key"
+    drop_in = f"/etc/systemd/system/{UNIT}.d/credential.conf"
+    world.run("mkdir", "-p", "/etc/credstore.encrypted")
+    world.run(
+        "systemd-creds", "encrypt", "--with-key=host", "--name=vpnd-store.key", "-", credential,
+        input=os.urandom(32),
+    )  # fmt: skip
+    world.write_file(drop_in, (REPO / "data/systemd/vpnd.service.d/credential.conf").read_text())
+    world.systemctl("daemon-reload")
+    try:
+        env = unit_daemon.env(client_env)
+        ok(vpnctl(["add", portal.base_url], env))
+        ok(vpnctl(["login", portal.host], env))
+        assert "store key: systemd credential vpnd-store.key" in unit_daemon.log()
+        assert not (unit_daemon.state_dir / "store.key").exists()
+        # A restarted daemon opens the stored tokens with the same credential.
+        unit_daemon.stop()
+        ok(vpnctl(["profiles", portal.host], env))
+        assert portal.token_grants == ["authorization_code"]
+        # Without it the tokens stay sealed: a named error that says why, the
+        # record kept aside (not deleted), the server kept, and a new login
+        # asked for from then on.
+        world.run("rm", "-f", drop_in)
+        world.systemctl("daemon-reload")
+        unit_daemon.stop()
+        result = vpnctl(["profiles", portal.host], env)
+        assert result.returncode != 0
+        assert "written with another store key" in result.stderr, result.stderr
+        kept = list(unit_daemon.state_dir.glob("users/0/secrets/*/oauth.secret.damaged-*"))
+        assert len(kept) == 1
+        assert vpnctl(["profiles", portal.host], env).returncode == 3  # 3: log in again
+        assert ok(vpnctl(["list"], env)).count(portal.base_url) == 1
+    finally:
+        world.run("rm", "-f", drop_in, credential)
+        world.systemctl("daemon-reload")

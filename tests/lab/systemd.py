@@ -170,6 +170,11 @@ cd /
 _INNER_TAIL = """\
 umount -l /oldroot
 rmdir /oldroot
+# Shared propagation inside the world, as systemd sets up itself when the
+# kernel starts it (it leaves it to container managers otherwise): mounts
+# that systemd makes in a child namespace (the credentials of units) must
+# reach PID 1. The peer groups are new, so nothing reaches the host.
+mount --make-rshared /
 # The last guard before systemd: the root must be the overlay, /tmp a tmpfs.
 [ "$(stat -f -c %T /)" = overlayfs ]
 [ "$(stat -f -c %T /tmp)" = tmpfs ]
