@@ -4,8 +4,10 @@ No I/O here: `vpnd.tunnel.systemd` sends what this module builds to the
 service manager (org.freedesktop.systemd1, StartTransientUnit).
 
 openvpn runs as its own user with CAP_NET_ADMIN as its only capability,
-ambient so that it holds it without ever being root. Its sandbox is at least
-as tight as the daemon's own unit. Three things reach in from outside:
+ambient so that it holds it without ever being root. Its sandbox has the
+settings of the daemon's own unit (the system call filter is a deny list,
+see DENIED_SYSTEM_CALLS), plus netlink for its links and routes and the tun
+device. Three things reach in from outside:
 
 - the config on standard input, a pipe the daemon writes and closes;
 - the management socket, a file in the daemon's 0700 runtime directory that
