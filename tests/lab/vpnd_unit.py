@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.lab.daemon import REPO
@@ -144,9 +145,8 @@ class UnitDaemon:
         out = self.world.run("journalctl", "-n", "0", "--show-cursor", check=False).stdout
         self._cursor = out.rpartition("-- cursor: ")[2].strip() or None
 
-    def wait_for(self, predicate: object, timeout: float = 10.0) -> None:
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         """Wait until `predicate()` is true."""
-        assert callable(predicate)
         deadline = time.monotonic() + timeout
         while not predicate():
             assert time.monotonic() < deadline, f"timed out waiting for {predicate}"
