@@ -77,12 +77,22 @@ def _notifier() -> Callable[[str], None]:
 
 def _launcher(choice: str) -> Launcher:
     """The way openvpn is started, as `openvpn_launcher` says."""
-    from vpnd.tunnel.process import ChildLauncher
+    from vpnd.tunnel.process import ChildLauncher, missing_child_capabilities
     from vpnd.tunnel.systemd import SystemdLauncher, systemd_available
 
     if choice == "systemd" or (choice == "auto" and systemd_available()):
         log.info("openvpn runs as transient systemd units")
         return SystemdLauncher()
+    missing = missing_child_capabilities(Path("/proc/self/status").read_text())
+    if missing and os.geteuid() == 0:
+        # Said at start, not at the first connect as openvpn's own error.
+        log.warning(
+            "openvpn runs as the daemon's child, which lacks %s: tunnels will fail; %s",
+            ", ".join(missing),
+            'under systemd set openvpn_launcher = "systemd" (or "auto")'
+            if systemd_available()
+            else "give the daemon these capabilities",
+        )
     return ChildLauncher()
 
 

@@ -16,14 +16,14 @@ units as it does its children.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.e2e.test_vpnd import tun_devices
 from tests.lab.daemon import REPO, ok, status, vpnctl
@@ -184,17 +184,23 @@ def test_a_killed_daemon_takes_its_tunnel_along_and_comes_back(
     ok(vpnctl(["disconnect"], env))
 
 
-@pytest.mark.parametrize("launcher", ["systemd"])
+@contextlib.contextmanager
+def extra_settings(daemon: UnitDaemon, text: str) -> Iterator[None]:
+    """Lines added to the world's /etc/vpnd/vpnd.toml for the length of a test."""
+    path = "/etc/vpnd/vpnd.toml"
+    before = daemon.world.read_file(path)
+    daemon.world.write_file(path, before + text)
+    try:
+        yield
+    finally:
+        daemon.world.write_file(path, before)
+
+
 def test_openvpn_that_cannot_start_is_a_named_error(
-    unit_daemon: UnitDaemon, portal: TestPortal, client_env: dict[str, str], launcher: str
+    unit_daemon: UnitDaemon, portal: TestPortal, client_env: dict[str, str]
 ) -> None:
     # The binary is missing: systemd is never asked, and the error says why.
-    unit_daemon.world.write_file(
-        "/etc/vpnd/vpnd.toml",
-        unit_daemon.world.read_file("/etc/vpnd/vpnd.toml")
-        + f'openvpn = "/nonexistent/openvpn"\nopenvpn_launcher = "{launcher}"\n',
-    )
-    try:
+    with extra_settings(unit_daemon, 'openvpn = "/nonexistent/openvpn"\n'):
         env = unit_daemon.env(client_env)
         ok(vpnctl(["add", portal.base_url], env))
         ok(vpnctl(["login", portal.host], env))
@@ -202,11 +208,18 @@ def test_openvpn_that_cannot_start_is_a_named_error(
         assert result.returncode != 0
         assert "/nonexistent/openvpn" in result.stderr
         assert unit_daemon.openvpn_units() == []
-    finally:
-        text = unit_daemon.world.read_file("/etc/vpnd/vpnd.toml")
-        unit_daemon.world.write_file(
-            "/etc/vpnd/vpnd.toml", text.split('openvpn = "/nonexistent')[0]
-        )
+
+
+def test_a_child_openvpn_under_the_unit_is_warned_about_at_start(
+    unit_daemon: UnitDaemon, client_env: dict[str, str]
+) -> None:
+    # The unit grants nothing a child openvpn would need: the administrator
+    # who chose "child" hears it when the daemon starts, with the way out.
+    with extra_settings(unit_daemon, 'openvpn_launcher = "child"\n'):
+        ok(vpnctl(["list"], unit_daemon.env(client_env)))
+        log = unit_daemon.log()
+    assert "lacks CAP_SETGID, CAP_SETUID, CAP_NET_ADMIN: tunnels will fail" in log
+    assert 'set openvpn_launcher = "systemd"' in log
 
 
 def test_the_store_key_comes_from_an_encrypted_credential(

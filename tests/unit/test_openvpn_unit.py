@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vpnd.tunnel import unit
+from vpnd.tunnel.process import CHILD_CAPABILITIES, missing_child_capabilities
 
 REQUEST = unit.UnitRequest(
     name="c1-2",
@@ -227,3 +228,21 @@ _HARMLESS = {
     "pkey_alloc", "pkey_free", "pkey_mprotect", "sched_get_affinity",
     "sched_set_affinity", "seccomp", "sethae", "setpgrp", "timerfd",
 }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("cap_eff", "missing"),
+    [
+        ("000001ffffffffff", []),
+        ("0000000000001000", ["CAP_SETGID", "CAP_SETUID"]),
+        ("00000000000010c0", []),
+        ("0000000000000000", ["CAP_SETGID", "CAP_SETUID", "CAP_NET_ADMIN"]),
+    ],
+)
+def test_missing_child_capabilities(cap_eff: str, missing: list[str]) -> None:
+    status = f"Name:\tvpnd\nCapInh:\t0000000000000000\nCapEff:\t{cap_eff}\n"
+    assert missing_child_capabilities(status) == missing
+
+
+def test_missing_child_capabilities_without_the_line() -> None:
+    assert missing_child_capabilities("Name:\tvpnd\n") == list(CHILD_CAPABILITIES)

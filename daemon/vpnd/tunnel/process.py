@@ -23,6 +23,20 @@ from typing import Protocol
 
 from vpnd.errors import TunnelFailed
 
+# What a child openvpn needs of the daemon: its tun device, routes and the
+# switch to its own user (linux/capability.h numbers).
+CHILD_CAPABILITIES = {"CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_NET_ADMIN": 12}
+
+
+def missing_child_capabilities(proc_status: str) -> list[str]:
+    """The capabilities of CHILD_CAPABILITIES that /proc/self/status's CapEff lacks."""
+    for line in proc_status.splitlines():
+        key, _, value = line.partition(":")
+        if key == "CapEff":
+            effective = int(value.strip(), 16)
+            return [name for name, bit in CHILD_CAPABILITIES.items() if not effective >> bit & 1]
+    return list(CHILD_CAPABILITIES)
+
 
 class OpenVPNProcess(Protocol):
     """One started openvpn, whichever way it was started."""
