@@ -34,6 +34,7 @@ from tests.e2e.test_tunnel import (
     split_key,
     tun_device_with,
 )
+from tests.lab.daemon import proc_status
 from tests.lab.netns import OpenVPNLab
 from vpnd.errors import TunnelFailed
 from vpnd.protocols.management import StateEvent
@@ -48,14 +49,6 @@ make_tunnel = test_tunnel.make_tunnel
 openvpn_user = test_tunnel.openvpn_user
 runtime_dir = test_tunnel.runtime_dir
 settings = test_tunnel.settings
-
-
-def status_fields(pid: int) -> dict[str, str]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        fields[name] = value.strip()
-    return fields
 
 
 def secrets_of(key_pem: bytes) -> list[bytes]:
@@ -132,7 +125,7 @@ async def test_openvpn_runs_unprivileged_with_net_admin_only(
     )
 
     assert tunnel.pid is not None
-    status = status_fields(tunnel.pid)
+    status = proc_status(tunnel.pid)
     user = pwd.getpwnam(openvpn_user)
     group = grp.getgrnam(openvpn_user)
     assert user.pw_uid != 0 and group.gr_gid != 0

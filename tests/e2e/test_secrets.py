@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from jeepney import DBusAddress, HeaderFields, MessageType, new_method_call, new_signal
 from jeepney.io.blocking import DBusConnection, open_dbus_connection
 
-from tests.lab.daemon import VpndProcess, ok, vpnctl
+from tests.lab.daemon import VpndProcess, ok, ping, vpnctl
 from tests.lab.dbus import PrivateSystemBus
 from tests.lab.netns import OpenVPNLab
 from tests.lab.pki import LabPKI
@@ -372,15 +372,6 @@ def openvpn_pid(daemon: VpndProcess | UnitDaemon) -> int:
     return pids[0]
 
 
-def ping(address: str) -> bool:
-    return (
-        subprocess.run(
-            ["ping", "-c", "1", "-W", "3", address], capture_output=True, check=False
-        ).returncode
-        == 0
-    )
-
-
 def forging_browser(directory: Path, browser: str) -> Path:
     """A $BROWSER that changes the state in the authorization URL, then approves as usual.
 
@@ -394,11 +385,6 @@ def forging_browser(directory: Path, browser: str) -> Path:
     )
     path.chmod(0o755)
     return path
-
-
-def proc_status(pid: int) -> dict[str, str]:
-    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
 
 
 # -- fixtures ------------------------------------------------------------------

@@ -21,12 +21,11 @@ import os
 import pwd
 import re
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 from tests.e2e.test_vpnd import tun_devices
-from tests.lab.daemon import REPO, ok, status, vpnctl
+from tests.lab.daemon import REPO, ok, ping, proc_status, status, vpnctl
 from tests.lab.netns import OpenVPNLab
 from tests.lab.portal import TestPortal
 from tests.lab.vpnd_unit import UNIT, UnitDaemon
@@ -34,18 +33,6 @@ from tests.lab.vpnd_unit import UNIT, UnitDaemon
 NET_ADMIN = 1 << 12
 MAX_EXPOSURE = 2.0
 _EXPOSURE = re.compile(r"Overall exposure level for \S+: ([0-9.]+)")
-
-
-def proc_status(pid: int) -> dict[str, str]:
-    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
-
-
-def ping(address: str) -> bool:
-    result = subprocess.run(
-        ["ping", "-c", "1", "-W", "3", address], capture_output=True, check=False
-    )
-    return result.returncode == 0
 
 
 def exposure(daemon: UnitDaemon, unit: str) -> float:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.daemon import VpndProcess, failed, ok, state_files, status, vpnctl
+from tests.lab.daemon import VpndProcess, failed, ok, ping, state_files, status, vpnctl
 from tests.lab.netns import OpenVPNLab
 from tests.lab.portal import TestPortal
 
@@ -38,15 +38,6 @@ def openvpn_children(vpnd: VpndProcess) -> list[str]:
         ["pgrep", "-P", str(vpnd.pid), "-a"], capture_output=True, text=True, check=False
     )
     return [line for line in out.stdout.splitlines() if "openvpn" in line]
-
-
-def ping(address: str) -> bool:
-    return (
-        subprocess.run(
-            ["ping", "-c", "1", "-W", "3", address], capture_output=True, check=False
-        ).returncode
-        == 0
-    )
 
 
 @pytest.fixture

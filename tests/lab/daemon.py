@@ -225,3 +225,17 @@ def state_files(daemon: VpndProcess) -> dict[str, bytes]:
         for p in sorted(daemon.state_dir.rglob("*"))
         if p.is_file()
     }
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    """/proc/PID/status as a dict of its fields."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
+def ping(address: str) -> bool:
+    """One ping to `address` (through a tunnel, say) answered within 3 s."""
+    result = subprocess.run(
+        ["ping", "-c", "1", "-W", "3", address], capture_output=True, check=False
+    )
+    return result.returncode == 0
