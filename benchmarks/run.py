@@ -137,6 +137,32 @@ def vpnd_connect(conn: DBusConnection, server_path: str) -> float:
     return elapsed
 
 
+def logged_in(bus_address: str, portal: TestPortal, pki: LabPKI, workdir: Path) -> dict[str, str]:
+    """Add the portal and log in through the lab browser; vpnctl's environment.
+
+    Also points this process's system bus at `bus_address`, for jeepney.
+    """
+    env = {
+        "DBUS_SYSTEM_BUS_ADDRESS": bus_address,
+        "BROWSER": str(write_browser_script(workdir, ca_file=str(pki.ca_path))),
+    }
+    for args in (["add", portal.base_url], ["login", portal.host]):
+        result = vpnctl(args, env)
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr)
+    os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus_address
+    return env
+
+
+def find_server(conn: DBusConnection, host: str) -> str:
+    """The object path of the server named `host`."""
+    reply = conn.send_and_get_reply(
+        new_method_call(DBusAddress(ROOT, DEST, "org.vpnd.Manager1"), "FindServer", "s", (host,))
+    )
+    path: str = reply.body[0]
+    return path
+
+
 def wall(command: list[str], env: dict[str, str]) -> float:
     started = time.monotonic()
     subprocess.run(command, env=env, capture_output=True, check=True)
@@ -177,24 +203,9 @@ def measure(rounds: int, workdir: Path) -> list[tuple[str, str, str]]:
         )
 
         with VpndProcess(workdir / "vpnd", bus.env({}), ca_file=pki.ca_path) as daemon:
-            env = {
-                "DBUS_SYSTEM_BUS_ADDRESS": bus.address,
-                "BROWSER": str(write_browser_script(workdir, ca_file=str(pki.ca_path))),
-            }
-            for args in (["add", portal.base_url], ["login", portal.host]):
-                result = vpnctl(args, env)
-                if result.returncode != 0:
-                    raise RuntimeError(result.stderr)
-            os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
+            env = logged_in(bus.address, portal, pki, workdir)
             with open_dbus_connection(bus="SYSTEM") as conn:
-                server_path = conn.send_and_get_reply(
-                    new_method_call(
-                        DBusAddress(ROOT, DEST, "org.vpnd.Manager1"),
-                        "FindServer",
-                        "s",
-                        (portal.host,),
-                    )
-                ).body[0]
+                server_path = find_server(conn, portal.host)
                 vpnd_connect(conn, server_path)  # warm-up: first use loads httpx and TLS
                 plain = [plain_openvpn_connect(lab, pki, workdir) for _ in range(rounds)]
                 through_vpnd = [vpnd_connect(conn, server_path) for _ in range(rounds)]
@@ -236,21 +247,9 @@ def measure_under_systemd(
     files = world_files(pki)
     with SystemdWorld(workdir / "world", files=files, binds=python_binds()) as world:
         daemon = UnitDaemon(world, world.start_system_bus())
-        env = {
-            "DBUS_SYSTEM_BUS_ADDRESS": daemon.bus_address,
-            "BROWSER": str(write_browser_script(workdir, ca_file=str(pki.ca_path))),
-        }
-        for args in (["add", portal.base_url], ["login", portal.host]):
-            result = vpnctl(args, env)
-            if result.returncode != 0:
-                raise RuntimeError(result.stderr)
-        os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = daemon.bus_address
+        logged_in(daemon.bus_address, portal, pki, workdir)
         with open_dbus_connection(bus="SYSTEM") as conn:
-            server_path = conn.send_and_get_reply(
-                new_method_call(
-                    DBusAddress(ROOT, DEST, "org.vpnd.Manager1"), "FindServer", "s", (portal.host,)
-                )
-            ).body[0]
+            server_path = find_server(conn, portal.host)
             vpnd_connect(conn, server_path)  # warm-up
             samples = [vpnd_connect(conn, server_path) for _ in range(rounds)]
         added = statistics.median(samples) - plain
