@@ -38,6 +38,17 @@ def missing_child_capabilities(proc_status: str) -> list[str]:
     return list(CHILD_CAPABILITIES)
 
 
+async def send_and_close(stdin: asyncio.StreamWriter, data: bytes) -> None:
+    """Write `data` to openvpn's standard input and close it; quiet if openvpn is gone."""
+    try:
+        stdin.write(data)
+        await stdin.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # openvpn is gone; its exit tells why
+    finally:
+        stdin.close()
+
+
 class OpenVPNProcess(Protocol):
     """One started openvpn, whichever way it was started."""
 
@@ -179,13 +190,7 @@ class ChildProcess:
 
     async def send_input(self, data: bytes) -> None:
         """Write the config and close standard input."""
-        try:
-            self._stdin.write(data)
-            await self._stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # openvpn is gone; its exit tells why
-        finally:
-            self._stdin.close()
+        await send_and_close(self._stdin, data)
 
     async def readline(self) -> bytes:
         """The next line of output."""

@@ -28,7 +28,7 @@ from dbus_fast.aio import MessageBus
 
 from vpnd.errors import TunnelFailed
 from vpnd.tunnel import unit
-from vpnd.tunnel.process import OpenVPNProcess
+from vpnd.tunnel.process import OpenVPNProcess, send_and_close
 
 log = logging.getLogger("vpnd.tunnel")
 
@@ -207,8 +207,7 @@ class UnitProcess:
         self.changed = asyncio.Event()
         self._pid: int | None = None
         self._returncode: int | None = None
-        self._stdin: asyncio.WriteTransport | None = None
-        self._stdin_protocol: _WriteProtocol | None = None
+        self._stdin: asyncio.StreamWriter | None = None
         self._output = asyncio.StreamReader(limit=_OUTPUT_LIMIT)
         self._output_transport: asyncio.ReadTransport | None = None
         self._signals: set[asyncio.Task[None]] = set()
@@ -220,10 +219,11 @@ class UnitProcess:
         self._output_transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(self._output), os.fdopen(output_fd, "rb", 0)
         )
+        # A stream writer over the pipe, as asyncio.subprocess makes for a child's stdin.
         transport, protocol = await loop.connect_write_pipe(
-            _WriteProtocol, os.fdopen(stdin_fd, "wb", 0)
+            asyncio.streams.FlowControlMixin, os.fdopen(stdin_fd, "wb", 0)
         )
-        self._stdin, self._stdin_protocol = transport, protocol
+        self._stdin = asyncio.StreamWriter(transport, protocol, None, loop)
 
     @property
     def label(self) -> str:
@@ -242,14 +242,8 @@ class UnitProcess:
 
     async def send_input(self, data: bytes) -> None:
         """Write the config and close the pipe."""
-        assert self._stdin is not None and self._stdin_protocol is not None
-        try:
-            self._stdin.write(data)
-            await self._stdin_protocol.drained()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # openvpn is gone; its exit tells why
-        finally:
-            self._stdin.close()
+        assert self._stdin is not None
+        await send_and_close(self._stdin, data)
 
     async def readline(self) -> bytes:
         """The next line openvpn wrote."""
@@ -335,27 +329,6 @@ class UnitProcess:
             return None
         state.update(unit.as_dict(service.body[0]))
         return state
-
-
-class _WriteProtocol(asyncio.Protocol):
-    """Flow control for the config pipe: `drained()` waits while the pipe is full."""
-
-    def __init__(self) -> None:
-        self._writable = asyncio.Event()
-        self._writable.set()
-
-    def pause_writing(self) -> None:
-        self._writable.clear()
-
-    def resume_writing(self) -> None:
-        self._writable.set()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        # openvpn closed its end: nothing more will be read, so stop waiting.
-        self._writable.set()
-
-    async def drained(self) -> None:
-        await self._writable.wait()
 
 
 async def _call(
