@@ -80,19 +80,23 @@ def _launcher(choice: str) -> Launcher:
     from vpnd.tunnel.process import ChildLauncher, missing_child_capabilities
     from vpnd.tunnel.systemd import SystemdLauncher, systemd_available
 
-    if choice == "systemd" or (choice == "auto" and systemd_available()):
+    under_systemd = systemd_available()
+    if choice == "systemd" or (choice == "auto" and under_systemd):
         log.info("openvpn runs as transient systemd units")
         return SystemdLauncher()
-    missing = missing_child_capabilities(Path("/proc/self/status").read_text())
-    if missing and os.geteuid() == 0:
-        # Said at start, not at the first connect as openvpn's own error.
-        log.warning(
-            "openvpn runs as the daemon's child, which lacks %s: tunnels will fail; %s",
-            ", ".join(missing),
-            'under systemd set openvpn_launcher = "systemd" (or "auto")'
-            if systemd_available()
-            else "give the daemon these capabilities",
-        )
+    # A non-root daemon is warned about in main(); this is for a root one
+    # whose capabilities were taken away, as under the shipped unit.
+    if os.geteuid() == 0:
+        missing = missing_child_capabilities(Path("/proc/self/status").read_text())
+        if missing:
+            # Said at start, not at the first connect as openvpn's own error.
+            log.warning(
+                "openvpn runs as the daemon's child, which lacks %s: tunnels will fail; %s",
+                ", ".join(missing),
+                'under systemd set openvpn_launcher = "systemd" (or "auto")'
+                if under_systemd
+                else "give the daemon these capabilities",
+            )
     return ChildLauncher()
 
 
