@@ -14,7 +14,13 @@ SHELL := /bin/bash
 PYTHON3 ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --quiet --disable-pip-version-check
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+LOCK_VENV := .venv-lock
+UV_VERSION := 0.13.9
+# `make lock LOCK_ARGS=--upgrade` takes the newest releases the ranges allow.
+LOCK_ARGS ?=
 PYTEST_ARGS ?=
 
 # Debian packages the daemon, its tests and the demo use:
@@ -33,7 +39,7 @@ LINT_PATHS := daemon client tests benchmarks
 OPENVPN_USER := vpnd-openvpn
 SYSUSERS_CONF := $(CURDIR)/data/systemd/vpnd-sysusers.conf
 
-.PHONY: deps debs venv users test lint typecheck unit bus e2e demo clean distclean
+.PHONY: deps debs venv users lock test lint typecheck unit bus e2e demo clean distclean
 
 deps: debs venv users
 
@@ -60,38 +66,57 @@ debs:
 		apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-# systemd-sysusers only edits /etc/passwd, /etc/group and the shadow files,
-# so it works without systemd as PID 1 (containers, CI); useradd is the
-# fallback where it is missing.
+# The product's accounts come from its sysusers file and nothing else, so
+# every machine has the same account. systemd-sysusers only edits
+# /etc/passwd, /etc/group and the shadow files: it works without systemd as
+# PID 1 (containers, CI). It never changes an account that exists, so an
+# account left by older tooling with another home or shell is set to what
+# the file declares.
 users: | debs
-	@if ! getent passwd $(OPENVPN_USER) >/dev/null; then \
-		if [ "$$(id -u)" -ne 0 ]; then \
-			echo "deps: the user $(OPENVPN_USER) is missing (run make deps as root)" >&2; \
-			exit 1; \
-		fi; \
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		getent passwd $(OPENVPN_USER) >/dev/null || { \
+			echo "deps: the user $(OPENVPN_USER) is missing (run make deps as root)" >&2; exit 1; }; \
+		exit 0; \
+	fi; \
+	if ! getent passwd $(OPENVPN_USER) >/dev/null; then \
 		echo "deps: creating the system user $(OPENVPN_USER)"; \
-		if command -v systemd-sysusers >/dev/null; then \
-			systemd-sysusers $(SYSUSERS_CONF); \
-		else \
-			useradd --system --no-create-home --home-dir / \
-				--shell /usr/sbin/nologin --user-group $(OPENVPN_USER); \
-		fi; \
-		getent passwd $(OPENVPN_USER) >/dev/null; \
+	fi; \
+	systemd-sysusers $(SYSUSERS_CONF); \
+	want=$$(awk '$$1 == "u" && $$2 == "$(OPENVPN_USER)" { print $$(NF-1) ":" $$NF }' $(SYSUSERS_CONF)); \
+	have=$$(getent passwd $(OPENVPN_USER) | cut -d: -f6,7); \
+	if [ "$$have" != "$$want" ]; then \
+		echo "deps: setting home and shell of $(OPENVPN_USER) to $$want (was $$have)"; \
+		usermod --home "$${want%%:*}" --shell "$${want#*:}" $(OPENVPN_USER); \
 	fi
 
 venv: $(STAMP)
 
-# Rebuilt when pyproject.toml changes; the venv sees no system site packages,
-# so what the tests import is what pyproject.toml declares.
-$(STAMP): pyproject.toml | debs
+# Rebuilt when the lock file changes. Every package, the test tools and what
+# builds the project included, comes pinned and hashed from requirements.lock;
+# the project itself is built without build isolation, so nothing unhashed
+# is fetched for it. The venv sees no system site packages, so what the tests
+# import is what the lock file holds.
+$(STAMP): $(LOCK) pyproject.toml | debs
 	@if [ ! -x $(PY) ]; then \
 		echo "deps: creating $(VENV) with $$(command -v $(PYTHON3))"; \
 		$(PYTHON3) -m venv $(VENV); \
 	fi
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PIP) install --require-hashes --no-deps --no-build-isolation -r $(LOCK)
+	$(PIP) install --no-deps --no-build-isolation -e .
 	@# Bytecode as an installed package has it, also where PYTHONDONTWRITEBYTECODE is set.
 	$(PY) -m compileall -q daemon client
 	@touch $@
+
+# Refreshes requirements.lock from pyproject.toml's ranges (and its build
+# requirements) with uv, pinned here, in a venv of its own.
+lock:
+	@if [ ! -x $(LOCK_VENV)/bin/uv ]; then \
+		$(PYTHON3) -m venv $(LOCK_VENV); \
+		$(LOCK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION); \
+	fi
+	$(PYTHON3) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))' \
+		| $(LOCK_VENV)/bin/uv pip compile pyproject.toml - --extra test --generate-hashes \
+			--python-version 3.11 --no-header $(LOCK_ARGS) -o $(LOCK)
 
 lint: deps
 	$(VENV)/bin/ruff check $(LINT_PATHS)
@@ -123,4 +148,4 @@ clean:
 	find daemon client tests benchmarks -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LOCK_VENV)
