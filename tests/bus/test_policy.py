@@ -7,8 +7,6 @@ the bus lets through. Unprivileged callers run as nobody (uid 65534).
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,13 +15,21 @@ from pathlib import Path
 import pytest
 from jeepney import DBusAddress, new_method_call
 
-from tests.lab.dbus import DAEMON_BUS_NAME, PrivateSystemBus
+from tests.lab.dbus import DAEMON_BUS_NAME, PrivateSystemBus, find_polkitd
+from tests.lab.require import missing, require_root, require_tool
 
-pytestmark = [
-    pytest.mark.bus,
-    pytest.mark.skipif(os.geteuid() != 0, reason="a system-type bus needs root"),
-    pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="dbus-daemon is missing"),
-]
+pytestmark = pytest.mark.bus
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _needs_a_system_bus() -> None:
+    require_root("a system-type bus")
+    require_tool("dbus-daemon", "dbus-daemon")
+
+
+def require_polkitd() -> None:
+    if find_polkitd() is None:
+        missing("polkitd is not installed (Debian package polkitd)")
 
 NOBODY = 65534
 OBJECT = "/org/vpnd/Daemon"
@@ -200,13 +206,10 @@ def nobody_process() -> Iterator[subprocess.Popen[bytes]]:
     proc.wait(timeout=10)
 
 
-@pytest.mark.skipif(
-    not Path("/usr/lib/polkit-1/polkitd").exists() and shutil.which("polkitd") is None,
-    reason="polkitd is missing",
-)
 def test_polkit_defaults_for_a_caller_without_a_session(
     bus: PrivateSystemBus, nobody_process: subprocess.Popen[bytes]
 ) -> None:
+    require_polkitd()
     bus.start_polkitd()
     pid = nobody_process.pid
     # Not at the machine: connecting needs an administrator, own servers do not.
@@ -215,13 +218,10 @@ def test_polkit_defaults_for_a_caller_without_a_session(
     assert check_authorization(bus, "org.vpnd.manage-system-servers", pid, NOBODY) == (False, True)
 
 
-@pytest.mark.skipif(
-    not Path("/usr/lib/polkit-1/polkitd").exists() and shutil.which("polkitd") is None,
-    reason="polkitd is missing",
-)
 def test_polkit_rules_can_grant_an_action(
     bus: PrivateSystemBus, nobody_process: subprocess.Popen[bytes]
 ) -> None:
+    require_polkitd()
     bus.start_polkitd(
         rules="""
         polkit.addRule(function(action, subject) {

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import select
 import subprocess
 import sys
@@ -30,16 +29,20 @@ from typing import Any
 
 import pytest
 
+from tests.lab.accounts import temporary_accounts
 from tests.lab.browser import approve
 from tests.lab.daemon import REPO, VpndProcess, ok, vpnctl
 from tests.lab.dbus import PrivateSystemBus
 from tests.lab.pki import LabPKI
 from tests.lab.portal import Hostile, TestPortal
+from tests.lab.require import require_root
 
-pytestmark = [
-    pytest.mark.bus,
-    pytest.mark.skipif(os.geteuid() != 0, reason="other users and a system-type bus need root"),
-]
+pytestmark = pytest.mark.bus
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _needs_root() -> None:
+    require_root("making other users and a system-type bus")
 
 DEST = "org.vpnd.Daemon"
 ROOT = "/org/vpnd/Daemon"
@@ -145,28 +148,9 @@ print(json.dumps(got))
 
 @pytest.fixture(scope="module")
 def users() -> Iterator[tuple[int, int]]:
-    """The UIDs of vpndtest1 and vpndtest2, created if missing (and then removed)."""
-    created = []
-    try:
-        for name in TEST_USERS:
-            try:
-                pwd.getpwnam(name)
-            except KeyError:
-                added = subprocess.run(
-                    ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                    check=False,
-                    capture_output=True,
-                    text=True,
-                )
-                if added.returncode == 0:
-                    created.append(name)
-                else:
-                    # Another run on this machine may have just added it: then it is theirs.
-                    pwd.getpwnam(name)
-        yield (pwd.getpwnam(TEST_USERS[0]).pw_uid, pwd.getpwnam(TEST_USERS[1]).pw_uid)
-    finally:
-        for name in created:
-            subprocess.run(["userdel", name], check=False, capture_output=True)
+    """The UIDs of vpndtest1 and vpndtest2, this module's own accounts, removed afterwards."""
+    with temporary_accounts(TEST_USERS) as (first, second):
+        yield first, second
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from tests.lab.browser import write_browser_script
 from tests.lab.netns import OpenVPNLab
 from tests.lab.pki import KeyType, LabPKI
 from tests.lab.portal import TestPortal
+from tests.lab.require import missing, require_root, require_tool
 from tests.lab.systemd import SystemdWorld, python_binds
 from tests.lab.systemd import available as systemd_world_available
 from tests.lab.vpnd_unit import UnitDaemon, world_files
@@ -23,12 +23,10 @@ ProfileFactory = Callable[..., str]
 
 
 def require_lab() -> None:
-    """Skip unless this process can build network namespaces and run openvpn."""
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root (network namespaces, tun devices)")
-    for tool in ("openvpn", "ip", "ping"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"the lab needs {tool}")
+    """Skip (fail under CI) unless this process can build network namespaces and run openvpn."""
+    require_root("the lab (network namespaces, tun devices)")
+    for tool, package in (("openvpn", "openvpn"), ("ip", "iproute2"), ("ping", "iputils-ping")):
+        require_tool(tool, package)
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +98,7 @@ def unit_world(lab_pki: LabPKI, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """A systemd world with vpnd installed as vpnd.service and its system bus up (not vpnd)."""
     reason = systemd_world_available()
     if reason is not None:
-        pytest.skip(reason)
+        missing(reason)
     world = SystemdWorld(
         tmp_path_factory.mktemp("world"), files=world_files(lab_pki), binds=python_binds()
     )

@@ -14,8 +14,6 @@ import hashlib
 import ipaddress
 import logging
 import os
-import pwd
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from tests.lab.netns import DATA_CIPHERS, OpenVPNLab, Remote, build_client_config
 from tests.lab.pki import KeyType, LabPKI
+from tests.lab.require import require_account, require_root, require_tool
 from vpnd.errors import TunnelFailed
 from vpnd.protocols.management import ByteCountEvent, StateEvent
 from vpnd.protocols.ovpnconfig import inline_block, sanitize, without
@@ -43,10 +42,8 @@ WAIT = 30.0  # the longest any step may take before the test gives up
 
 @pytest.fixture
 def needs_openvpn() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("openvpn needs root for its tun device")
-    if shutil.which("openvpn") is None:
-        pytest.skip("openvpn is not installed")
+    require_root("openvpn's tun device")
+    require_tool("openvpn", "openvpn")
 
 
 class Recorder:
@@ -112,21 +109,8 @@ async def make_tunnel() -> AsyncIterator[MakeTunnel]:
 
 @pytest.fixture(scope="session")
 def openvpn_user() -> str:
-    """The account openvpn drops to, created when the machine lacks it.
-
-    `make test` creates it for CI; this is for a machine where only pytest runs.
-    """
-    try:
-        pwd.getpwnam(DEFAULT_USER)
-    except KeyError:
-        if os.geteuid() != 0:
-            pytest.skip(f"the user {DEFAULT_USER} is missing and only root can create it")
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-             DEFAULT_USER],
-            check=True,
-        )  # fmt: skip
-    return DEFAULT_USER
+    """The account openvpn drops to; make deps creates it, tests never do."""
+    return require_account(DEFAULT_USER).pw_name
 
 
 @pytest.fixture

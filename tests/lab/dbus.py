@@ -99,6 +99,11 @@ _DEFAULT_POLICY = """\
 """
 
 
+def find_polkitd() -> Path | None:
+    """polkitd's path on this machine (it is not on PATH), or None when it is not installed."""
+    return next((path for path in _POLKITD_CANDIDATES if path.exists()), None)
+
+
 class BusError(RuntimeError):
     """The private bus or a process attached to it could not be started."""
 
@@ -375,7 +380,7 @@ class PrivateSystemBus:
         """
         if self._polkitd is not None:
             raise BusError("polkitd is already running on this bus")
-        polkitd = next((path for path in _POLKITD_CANDIDATES if path.exists()), None)
+        polkitd = find_polkitd()
         if polkitd is None:
             raise BusError("polkitd is not installed (Debian package polkitd)")
         if not _SYSTEM_POLKIT_POLICY.exists():

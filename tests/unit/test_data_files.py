@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import shutil
 import subprocess
 import sys
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab.accounts import SYSUSERS, sysusers_entries
+from tests.lab.require import require_tool
 from vpnd.store.key import CREDENTIAL_NAME
 from vpnd.tunnel.openvpn import TunnelSettings
 
@@ -20,7 +21,6 @@ ACTIVATION = DATA / "dbus" / "org.vpnd.Daemon.service"
 INTROSPECTION = DATA / "dbus" / "org.vpnd.Daemon.xml"
 UNIT = DATA / "systemd" / "vpnd.service"
 CREDENTIAL_DROP_IN = DATA / "systemd" / "vpnd.service.d" / "credential.conf"
-SYSUSERS = DATA / "systemd" / "vpnd-sysusers.conf"
 POLKIT = DATA / "polkit-1" / "org.vpnd.policy"
 
 BUS_NAME = "org.vpnd.Daemon"
@@ -221,8 +221,8 @@ def test_activation_file_hands_over_to_the_unit() -> None:
     assert single(activation, "User") == "root"
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is missing")
 def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
+    require_tool("systemd-analyze", "systemd")
     # verify insists that ExecStart exists; the daemon is not installed here,
     # so check a copy that starts an existing binary instead.
     text = "".join(
@@ -238,8 +238,8 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is missing")
 def test_unit_hardening_score() -> None:
+    require_tool("systemd-analyze", "systemd")
     result = subprocess.run(
         [
             "systemd-analyze",
@@ -256,8 +256,8 @@ def test_unit_hardening_score() -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is missing")
 def test_systemd_accepts_the_credential_drop_in(tmp_path: Path) -> None:
+    require_tool("systemd-analyze", "systemd")
     copy = tmp_path / UNIT.name
     copy.write_text(
         "".join(
@@ -302,15 +302,6 @@ def test_credential_drop_in_names_what_the_daemon_reads() -> None:
     assert not [key for key, _ in unit if key.startswith(("LoadCredential", "SetCredential"))]
 
 
-def sysusers_entries() -> list[list[str]]:
-    """The sysusers.d lines, split into their fields."""
-    entries = []
-    for line in SYSUSERS.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            entries.append(shlex.split(line))
-    return entries
-
-
 def test_sysusers_declares_the_user_openvpn_switches_to() -> None:
     settings = TunnelSettings(runtime_dir=Path("/run/vpnd"))
     assert settings.user == settings.group == "vpnd-openvpn"
@@ -322,8 +313,8 @@ def test_sysusers_declares_the_user_openvpn_switches_to() -> None:
     assert (home, shell) == ("/", "/usr/sbin/nologin")
 
 
-@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers is missing")
 def test_systemd_sysusers_creates_the_user(tmp_path: Path) -> None:
+    require_tool("systemd-sysusers", "systemd")
     (tmp_path / "etc").mkdir()
     result = subprocess.run(
         ["systemd-sysusers", f"--root={tmp_path}", str(SYSUSERS)],

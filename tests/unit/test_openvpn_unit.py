@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from typing import Any
 
@@ -12,6 +11,7 @@ from dbus_fast import Message, Variant
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.lab.require import require_tool
 from vpnd.tunnel import unit
 from vpnd.tunnel.process import CHILD_CAPABILITIES, missing_child_capabilities
 
@@ -186,8 +186,8 @@ def syscall_groups() -> dict[str, set[str]]:
     return {group: expand(group) for group in raw}
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is missing")
 def test_the_deny_list_blocks_what_the_service_allow_list_would() -> None:
+    require_tool("systemd-analyze", "systemd")
     groups = syscall_groups()
     known = groups["@known"]
     allowed_by_service = groups["@system-service"] - groups["@privileged"] - groups["@resources"]

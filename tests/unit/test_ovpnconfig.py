@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.lab.require import require_tool
 from vpnd.errors import ConfigRejected
 from vpnd.protocols.ovpnconfig import (
     ALLOWED_DIRECTIVES,
@@ -866,8 +866,8 @@ def test_inline_block_last_wins_and_without() -> None:
     assert inline_block(stripped, "ca") is not None
 
 
-@pytest.mark.skipif(shutil.which("openvpn") is None, reason="needs the openvpn binary")
 def test_openvpn_reads_rendered_arguments_unchanged(tmp_path: Path) -> None:
+    require_tool("openvpn", "openvpn")
     # openvpn prints each connection profile's remote host at verb 4, then
     # stops because nobody can answer its password prompt; nothing is sent.
     hosts = ["a b", 'q"uote', "back\\slash", "it's", "#hash", ";semi", "tab\tx", "é"]
