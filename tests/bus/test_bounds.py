@@ -229,7 +229,10 @@ def test_huge_replies_do_not_grow_the_daemon(
     for kind in ("huge", "huge_chunked", "huge_unframed"):
         portal.hostile[INFO] = Hostile(kind, size=HUGE)
         assert TOO_LARGE in failed(vpnctl(["profiles", server], env))
-    assert memory_kib(daemon, "VmHWM") - before < 16 * 1024
+    # Each reply is 50 MiB and the daemon reads at most 1 MiB of one. The
+    # peak may grow by what the allocator and TLS buffers keep, which differs
+    # between machines; holding one whole reply would exceed half of it.
+    assert memory_kib(daemon, "VmHWM") - before < (HUGE // 2) // 1024
 
 
 # --- /info ----------------------------------------------------------------------
