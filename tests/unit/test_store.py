@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -10,11 +11,13 @@ import pytest
 
 from vpnd.errors import StorageFailed
 from vpnd.store.atomic import write_atomic
-from vpnd.store.store import ServerRecord, Store, new_server_id
+from vpnd.store.store import SCHEMA, ServerRecord, Store, new_server_id
 
 
 def record(owner: int, url: str = "https://vpn.example.org/") -> ServerRecord:
-    return ServerRecord(server_id=new_server_id(), owner=owner, url=url, added_at=1.0)
+    return ServerRecord(
+        server_id=new_server_id(), owner=owner, url=url, added_at=1.0, kind="eduvpn-v3"
+    )
 
 
 def mode(path: Path) -> int:
@@ -56,6 +59,59 @@ def test_malformed_records_are_refused(tmp_path: Path) -> None:
         ServerRecord.from_dict({"server_id": "../../etc", "url": "x", "added_at": 0}, 0)
     with pytest.raises(StorageFailed):
         ServerRecord.from_dict({"url": "x"}, 0)
+    good = {"server_id": "0" * 16, "url": "https://a/", "added_at": 0, "kind": "eduvpn-v2"}
+    assert ServerRecord.from_dict(good, 0).kind == "eduvpn-v2"
+    for kind in ("", "EduVPN", "../x", "a" * 40, 3):
+        with pytest.raises(StorageFailed):
+            ServerRecord.from_dict({**good, "kind": kind}, 0)
+
+
+# servers.json exactly as the first version of vpnd wrote it (schema 1).
+SCHEMA_1 = """[
+ {
+  "added_at": 1764700000.25,
+  "server_id": "00112233445566aa",
+  "session_expiry": 1764730000.0,
+  "url": "https://vpn.example.org/"
+ },
+ {
+  "added_at": 1764700100.5,
+  "server_id": "00112233445566bb",
+  "session_expiry": 0.0,
+  "url": "https://other.example.org/"
+ }
+]"""
+
+
+def test_a_state_dir_of_the_first_schema_still_opens(tmp_path: Path) -> None:
+    path = tmp_path / "users" / "1000" / "servers.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(SCHEMA_1)
+    store = Store(tmp_path)
+    store.secrets.set(1000, "00112233445566aa", "oauth", {"access_token": "kept"})
+    loaded = store.load_servers()
+    assert loaded == [
+        ServerRecord("00112233445566aa", 1000, "https://vpn.example.org/", 1764700000.25,
+                     "eduvpn-v3", 1764730000.0),
+        ServerRecord("00112233445566bb", 1000, "https://other.example.org/", 1764700100.5,
+                     "eduvpn-v3", 0.0),
+    ]  # fmt: skip
+    # The next save writes the newest schema; what it holds is unchanged.
+    store.save_servers(1000, loaded)
+    assert json.loads(path.read_text())["schema"] == SCHEMA
+    assert Store(tmp_path).load_servers() == loaded
+    assert store.secrets.get(1000, "00112233445566aa", "oauth") == {"access_token": "kept"}
+    assert not list(path.parent.glob("servers.json.damaged-*"))
+
+
+def test_a_schema_from_a_newer_vpnd_is_kept_aside_not_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "users" / "1000" / "servers.json"
+    path.parent.mkdir(parents=True)
+    newer = json.dumps({"schema": SCHEMA + 1, "servers": []})
+    path.write_text(newer)
+    assert Store(tmp_path).load_servers() == []
+    [aside] = path.parent.glob("servers.json.damaged-*")
+    assert aside.read_text() == newer
 
 
 def test_secrets_by_name(tmp_path: Path) -> None:
@@ -100,7 +156,8 @@ def test_damaged_files_in_the_same_second_are_all_kept(
 
 def test_a_server_id_with_a_trailing_newline_is_refused() -> None:
     with pytest.raises(StorageFailed, match="malformed id"):
-        ServerRecord.from_dict({"server_id": "0" * 16 + "\n", "url": "x", "added_at": 0}, 0)
+        ServerRecord.from_dict({"server_id": "0" * 16 + "\n", "url": "x", "added_at": 0,
+                                 "kind": "eduvpn-v3"}, 0)
 
 
 def test_a_failed_write_leaves_the_old_file(

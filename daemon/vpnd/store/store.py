@@ -2,7 +2,7 @@
 
 Layout (all directories 0700, files 0600, every write atomic):
 
-    {state_dir}/users/{uid}/servers.json   the owner's servers (URLs and ids, not secret)
+    {state_dir}/users/{uid}/servers.json   the owner's servers (URLs, kinds and ids, not secret)
     {state_dir}/users/{uid}/secrets/       tokens and keys, sealed (`encrypted_file`)
 
 Secrets go through `SecretStore`, which `secret_store.open_secret_store`
@@ -19,6 +19,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from vpnd.errors import StorageFailed
 from vpnd.store.atomic import ensure_private_dir, move_aside, write_atomic
@@ -26,7 +27,14 @@ from vpnd.store.atomic import ensure_private_dir, move_aside, write_atomic
 log = logging.getLogger("vpnd.store")
 
 _SERVER_ID = re.compile(r"[0-9a-f]{16}")
+_KIND = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _MAX_FILE = 1 << 20
+
+# servers.json versions: 1 was a bare list of records, all eduVPN API v3
+# servers; 2 is {"schema": 2, "servers": [...]} with each record's kind.
+SCHEMA = 2
+# The kind of every server a version 1 file holds.
+_V1_KIND = "eduvpn-v3"
 
 
 @dataclass
@@ -37,6 +45,7 @@ class ServerRecord:
     owner: int
     url: str
     added_at: float
+    kind: str
     session_expiry: float = 0.0
 
     @staticmethod
@@ -50,13 +59,37 @@ class ServerRecord:
                 owner=owner,
                 url=str(data["url"]),
                 added_at=float(data["added_at"]),
+                kind=str(data["kind"]),
                 session_expiry=float(data.get("session_expiry", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StorageFailed(f"a server record is malformed ({exc})") from None
         if not _SERVER_ID.fullmatch(record.server_id):
             raise StorageFailed("a server record has a malformed id")
+        if not _KIND.fullmatch(record.kind):
+            raise StorageFailed("a server record has a malformed kind")
         return record
+
+
+def host_of(record: ServerRecord) -> str:
+    """The server's host name, which is how people name it."""
+    return urlsplit(record.url).hostname or record.url
+
+
+def _records(data: Any, path: Path) -> list[Any]:
+    """The list of stored records in a servers.json of any schema this version reads."""
+    if isinstance(data, list):
+        # Schema 1: every server was eduVPN API v3.
+        return [{"kind": _V1_KIND, **item} if isinstance(item, dict) else item for item in data]
+    if not isinstance(data, dict):
+        raise StorageFailed(f"{path} is neither a list nor an object")
+    schema = data.get("schema")
+    if schema != SCHEMA:
+        raise StorageFailed(f"{path} has schema {schema!r}; this vpnd reads 1 and {SCHEMA}")
+    servers = data.get("servers")
+    if not isinstance(servers, list):
+        raise StorageFailed(f"{path} holds no list of servers")
+    return servers
 
 
 def new_server_id() -> str:
@@ -89,6 +122,27 @@ class SecretStore(Protocol):
     def delete_server(self, owner: int, server_id: str) -> None:
         """Forget every record of a server."""
         ...
+
+
+@dataclass(frozen=True)
+class ServerSecrets:
+    """One server's records in a SecretStore (what a provider keeps: key pairs and such)."""
+
+    secrets: SecretStore
+    owner: int
+    server_id: str
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        """One named record, or None."""
+        return self.secrets.get(self.owner, self.server_id, name)
+
+    def set(self, name: str, value: dict[str, Any]) -> None:
+        """Store or replace one named record."""
+        self.secrets.set(self.owner, self.server_id, name, value)
+
+    def delete(self, name: str) -> None:
+        """Forget one named record."""
+        self.secrets.delete(self.owner, self.server_id, name)
 
 
 def _read_json(path: Path) -> Any:
@@ -132,9 +186,7 @@ class Store:
             path = self._servers_path(owner)
             try:
                 data = _read_json(path)
-                if not isinstance(data, list):
-                    raise StorageFailed(f"{path} is not a JSON list")
-                records.extend(ServerRecord.from_dict(item, owner) for item in data)
+                records.extend(ServerRecord.from_dict(item, owner) for item in _records(data, path))
             except FileNotFoundError:
                 continue
             except (OSError, StorageFailed) as exc:
@@ -147,15 +199,16 @@ class Store:
         return records
 
     def save_servers(self, owner: int, records: list[ServerRecord]) -> None:
-        """Replace one owner's list of servers."""
+        """Replace one owner's list of servers (always written in the newest schema)."""
         path = self._servers_path(owner)
         items = [
             {k: v for k, v in asdict(r).items() if k != "owner"}
             for r in records
             if r.owner == owner
         ]
+        document = {"schema": SCHEMA, "servers": items}
         try:
             ensure_private_dir(path.parent)
-            write_atomic(path, json.dumps(items, indent=1, sort_keys=True).encode())
+            write_atomic(path, json.dumps(document, indent=1, sort_keys=True).encode())
         except OSError as exc:
             raise StorageFailed(f"cannot write {path}: {exc.strerror}") from None
