@@ -12,13 +12,10 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Any, Protocol, TypeVar
 
-from vpnd.auth.loopback import LoopbackRedirect
-from vpnd.auth.tokens import TokenKeeper
 from vpnd.config import Settings
 from vpnd.errors import (
     AlreadyExists,
@@ -30,15 +27,18 @@ from vpnd.errors import (
     TunnelFailed,
     VpndError,
 )
-from vpnd.protocols import eduvpn, lang, oauth, ovpnconfig, pkce
+from vpnd.protocols import eduvpn, lang, ovpnconfig
 from vpnd.protocols.connstate import ConnectionMachine, Event, State, openvpn_event
 from vpnd.protocols.eduvpn import Endpoints
 from vpnd.protocols.management import ByteCountEvent, FatalEvent, StateEvent
-from vpnd.providers.base import Provider
-from vpnd.store.store import ServerRecord, Store, new_server_id
+from vpnd.providers import Families
+from vpnd.providers.base import Family, PendingAuthorization, Session
+from vpnd.store.store import ServerRecord, ServerSecrets, Store, host_of, new_server_id
 from vpnd.tunnel.openvpn import TunnelEvent, TunnelExited
 
 log = logging.getLogger("vpnd.manager")
+
+T = TypeVar("T")
 
 _PROFILE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_SERVERS_PER_OWNER = 64
@@ -66,6 +66,7 @@ class Server:
     authorized: bool = False
     authorization_pending: bool = False
     _authorization: asyncio.Task[None] | None = field(default=None, repr=False)
+    _pending: PendingAuthorization | None = field(default=None, repr=False)
 
     @property
     def server_id(self) -> str:
@@ -83,9 +84,14 @@ class Server:
         return self.record.url
 
     @property
+    def kind(self) -> str:
+        """The server family (`eduvpn-v3`, …)."""
+        return self.record.kind
+
+    @property
     def host(self) -> str:
         """The host name, which is how people name the server."""
-        return urlsplit(self.record.url).hostname or self.record.url
+        return host_of(self.record)
 
 
 @dataclass(eq=False)
@@ -150,16 +156,15 @@ class Manager:
         self,
         settings: Settings,
         store: Store,
-        provider: Provider,
+        families: Families,
         tunnel_factory: TunnelFactory,
         listener: Listener,
     ) -> None:
         self._settings = settings
         self._store = store
-        self._provider = provider
+        self._families = families
         self._tunnel_factory = tunnel_factory
         self._listener = listener
-        self._tokens = TokenKeeper(store.secrets, settings.client_id)
         self._servers: dict[str, Server] = {}
         self.connection: Connection | None = None
         self._next_conn_id = 1
@@ -170,13 +175,13 @@ class Manager:
         """Load saved servers (at start-up)."""
         for record in self._store.load_servers():
             server = Server(record)
-            server.authorized = self._has_tokens(server)
+            server.authorized = self._is_authorized(server)
             self._servers[record.server_id] = server
             self._listener.server_added(server)
 
-    def _has_tokens(self, server: Server) -> bool:
+    def _is_authorized(self, server: Server) -> bool:
         try:
-            return self._tokens.exist(server.owner, server.server_id)
+            return self._families.of(server.kind).login.authorized(server.record)
         except VpndError as exc:
             log.error("cannot read the authorization of %s: %s", server.url, exc.message)
             return False
@@ -217,22 +222,26 @@ class Manager:
                 raise InvalidArgument(
                     f"{query!r} matches several servers ({names}); be more precise"
                 )
-        raise NotFound(f"no server matches {query!r}; `vpnctl list` shows your servers")
+        raise NotFound(f"no server of yours matches {query!r}")
 
     async def add_server(self, owner: int, url: str) -> Server:
-        """Add a server after checking that it speaks a supported API."""
+        """Add a server after finding out which API it speaks."""
         base_url = eduvpn.normalize_base_url(url)
         self._check_can_add(owner, base_url)
-        await self._provider.discover(base_url)
+        family, _endpoints = await self._families.detect(base_url)
         # The discovery above awaited: another call may have added one meanwhile.
         self._check_can_add(owner, base_url)
         record = ServerRecord(
-            server_id=new_server_id(), owner=owner, url=base_url, added_at=time.time()
+            server_id=new_server_id(),
+            owner=owner,
+            url=base_url,
+            added_at=time.time(),
+            kind=family.kind,
         )
         self._save_servers(owner, [*self._records_of(owner), record])
         server = Server(record)
         self._servers[record.server_id] = server
-        log.info("uid %d added %s", owner, base_url)
+        log.info("uid %d added %s (%s)", owner, base_url, family.kind)
         self._listener.server_added(server)
         return server
 
@@ -256,7 +265,7 @@ class Manager:
             and not connection.machine.finished
         ):
             await self.disconnect(connection)
-        self._cancel_authorization(server)
+        self._cancel_authorization(server, "the server was removed")
         remaining = [r for r in self._records_of(server.owner) if r.server_id != server.server_id]
         self._store.secrets.delete_server(server.owner, server.server_id)
         self._save_servers(server.owner, remaining)
@@ -277,113 +286,91 @@ class Manager:
 
         The result is reported through Listener.authorization_finished. A new
         call supersedes one still waiting for the browser."""
-        endpoints = await self._provider.discover(server.url)
-        self._cancel_authorization(server)
-        # The callback must come from the browser of the caller or the owner
-        # (or root's, which could read the daemon's memory anyway).
-        redirect = LoopbackRedirect(frozenset({caller, server.owner, 0}))
-        await redirect.open()
-        verifier = pkce.new_verifier()
-        state = pkce.new_state()
-        url = oauth.authorization_url(
-            endpoints.authorization_endpoint,
-            client_id=self._settings.client_id,
-            redirect_uri=redirect.redirect_uri,
-            state=state,
-            code_challenge=pkce.challenge_s256(verifier),
-        )
-        server._authorization = asyncio.create_task(
-            self._finish_authorization(server, endpoints, redirect, state, verifier)
-        )
+        family = self._family(server)
+        endpoints = await family.provider.discover(server.url)
+        self._cancel_authorization(server, "a newer login started")
+        pending = await family.login.begin(server.record, endpoints, caller)
+        task = asyncio.create_task(pending.complete())
+        server._authorization, server._pending = task, pending
+        # A callback, not a `finally` in the task: a task cancelled before it
+        # first ran never reaches its own code, and its outcome must still be told.
+        task.add_done_callback(lambda done: self._authorization_done(server, pending, done))
         server.authorization_pending = True
         self._listener.server_changed(server, {"authorization_pending"})
-        return url
+        return pending.url
 
-    async def _finish_authorization(
-        self,
-        server: Server,
-        endpoints: Endpoints,
-        redirect: LoopbackRedirect,
-        state: str,
-        verifier: str,
+    def _authorization_done(
+        self, server: Server, pending: PendingAuthorization, task: asyncio.Task[None]
     ) -> None:
+        pending.close()
         error: VpndError | None = None
         try:
-            try:
-                async with asyncio.timeout(self._settings.authorization_timeout):
-                    query = await redirect.callback()
-            except TimeoutError:
-                raise AuthorizationFailed(
-                    "the browser did not come back within"
-                    f" {self._settings.authorization_timeout:g} seconds;"
-                    f" run `vpnctl login {server.host}` again"
-                ) from None
-            code = oauth.parse_callback(query, state)
-            tokens = await self._provider.token(
-                endpoints,
-                oauth.code_grant(
-                    code,
-                    verifier=verifier,
-                    redirect_uri=redirect.redirect_uri,
-                    client_id=self._settings.client_id,
-                ),
-                None,
-            )
-            self._tokens.save(server.owner, server.server_id, tokens)
-            redirect.finish(
-                True, f"vpnd is now authorized for {server.host}. You can close this window."
-            )
+            task.result()
             log.info("uid %d authorized %s", server.owner, server.url)
-        except asyncio.CancelledError:
-            error = AuthorizationFailed("the authorization was cancelled by a newer one")
-            raise
+        except asyncio.CancelledError as cancelled:
+            reason = cancelled.args[0] if cancelled.args else "vpnd stopped"
+            error = AuthorizationFailed(f"the login was cancelled: {reason}")
         except VpndError as exc:
             error = exc
-            redirect.finish(False, exc.message)
             log.warning("authorization for %s failed: %s", server.url, exc.message)
         except Exception:
             log.exception("authorization for %s failed", server.url)
             error = AuthorizationFailed("the authorization failed because of an internal error")
-            redirect.finish(False, error.message)
-        finally:
-            redirect.close()
-            if server._authorization is asyncio.current_task():
-                server._authorization = None
+        if self._servers.get(server.server_id) is not server:
+            return  # removed meanwhile: there is nobody left to tell
+        changed = {"authorized"}
+        if server._authorization is task:
+            # Only the newest attempt speaks for the server's pending flag.
+            server._authorization = server._pending = None
             server.authorization_pending = False
-            server.authorized = self._has_tokens(server)
-            self._listener.server_changed(server, {"authorization_pending", "authorized"})
-            self._listener.authorization_finished(server, error)
+            changed.add("authorization_pending")
+        server.authorized = self._is_authorized(server)
+        self._listener.server_changed(server, changed)
+        self._listener.authorization_finished(server, error)
 
-    def _cancel_authorization(self, server: Server) -> None:
-        task = server._authorization
-        server._authorization = None
+    def _cancel_authorization(self, server: Server, reason: str) -> None:
+        task, pending = server._authorization, server._pending
+        server._authorization = server._pending = None
+        if pending is not None:
+            pending.close()
         if task is not None and not task.done():
-            task.cancel()
+            task.cancel(reason)
 
     def _auth_error(self, server: Server) -> None:
-        """Publish that the saved tokens were thrown away, if they were."""
-        authorized = self._has_tokens(server)
+        """Publish that the saved authorization was thrown away, if it was."""
+        authorized = self._is_authorized(server)
         if authorized != server.authorized:
             server.authorized = authorized
             self._listener.server_changed(server, {"authorized"})
+
+    def _family(self, server: Server) -> Family:
+        return self._families.of(server.kind)
+
+    async def _call(
+        self,
+        server: Server,
+        endpoints: Endpoints,
+        action: Callable[[Session], Awaitable[T]],
+    ) -> T:
+        """Run a provider call with a credential the server's login supplies."""
+        vault = ServerSecrets(self._store.secrets, server.owner, server.server_id)
+        try:
+            return await self._family(server).login.call(
+                server.record,
+                endpoints,
+                lambda credential: action(Session(endpoints, credential, vault, server.host)),
+            )
+        finally:
+            self._auth_error(server)
 
     # -- profiles ----------------------------------------------------------
 
     async def profiles(self, server: Server, locale: str) -> list[dict[str, Any]]:
         """The server's profiles with display names in the caller's language."""
         tags = lang.locale_to_tags(locale)
-        endpoints = await self._provider.discover(server.url)
-        try:
-            profiles = await self._tokens.call(
-                self._provider,
-                server.owner,
-                server.server_id,
-                server.host,
-                endpoints,
-                lambda token: self._provider.profiles(endpoints, token),
-            )
-        finally:
-            self._auth_error(server)
+        provider = self._family(server).provider
+        endpoints = await provider.discover(server.url)
+        profiles = await self._call(server, endpoints, provider.profiles)
         return [
             {
                 "profile_id": p.profile_id,
@@ -411,7 +398,7 @@ class Manager:
                 )
             raise Busy(
                 f"a connection to {current.server.host} is {current.state};"
-                " run `vpnctl disconnect` first"
+                " disconnect it first"
             )
         connection = Connection(self._next_conn_id, server, profile_id, prefer_tcp)
         self._next_conn_id += 1
@@ -426,28 +413,23 @@ class Manager:
     async def _run(self, connection: Connection) -> None:
         server = connection.server
         try:
-            endpoints = await self._provider.discover(server.url)
-            try:
-                issued = await self._tokens.call(
-                    self._provider,
-                    server.owner,
-                    server.server_id,
-                    server.host,
-                    endpoints,
-                    lambda token: self._provider.connect(
-                        endpoints, token, connection.profile_id, prefer_tcp=connection.prefer_tcp
-                    ),
-                )
-            finally:
-                self._auth_error(server)
+            provider = self._family(server).provider
+            endpoints = await provider.discover(server.url)
+            connectable = await self._call(
+                server,
+                endpoints,
+                lambda session: provider.obtain(
+                    session, connection.profile_id, prefer_tcp=connection.prefer_tcp
+                ),
+            )
             connection.endpoints = endpoints
-            self._record_session_expiry(connection, issued.expires_at)
-            if issued.protocol != "openvpn":
+            self._record_session_expiry(connection, connectable.expires_at)
+            if connectable.protocol != "openvpn":
                 raise ServerError(
-                    f"{server.host} issued a {issued.protocol} configuration;"
+                    f"{server.host} issued a {connectable.protocol} configuration;"
                     " vpnd speaks OpenVPN only"
                 )
-            config = ovpnconfig.sanitize(issued.text)
+            config = connectable.config
             if config.dropped:
                 log.warning(
                     "dropped directives from %s's configuration: %s",
@@ -455,11 +437,11 @@ class Manager:
                     ", ".join(config.dropped),
                 )
             # openvpn gets the certificate but never the key: it asks vpnd to sign.
-            key = ovpnconfig.inline_block(config, "key")
+            # Providers hand the key apart; a key left in the text still stays here.
             tunnel = self._tunnel_factory(
                 f"conn{connection.conn_id}",
                 ovpnconfig.without(config, "key").render(),
-                key.encode() if key is not None else None,
+                connectable.private_key,
                 lambda event: self._on_tunnel_event(connection, event),
             )
             connection.tunnel = tunnel
@@ -588,14 +570,7 @@ class Manager:
         """Best effort /disconnect: the server frees what /connect allocated."""
         try:
             async with asyncio.timeout(_RELEASE_TIMEOUT):
-                await self._tokens.call(
-                    self._provider,
-                    server.owner,
-                    server.server_id,
-                    server.host,
-                    endpoints,
-                    lambda token: self._provider.disconnect(endpoints, token),
-                )
+                await self._call(server, endpoints, self._family(server).provider.release)
         except (TimeoutError, VpndError) as exc:
             message = exc.message if isinstance(exc, VpndError) else "timed out"
             log.info("releasing the session at %s failed: %s", server.host, message)
@@ -603,7 +578,7 @@ class Manager:
     async def shutdown(self) -> None:
         """Disconnect and cancel everything (daemon stop)."""
         for server in self._servers.values():
-            self._cancel_authorization(server)
+            self._cancel_authorization(server, "vpnd is stopping")
         connection = self.connection
         if connection is not None and not connection.machine.finished:
             await self.disconnect(connection)

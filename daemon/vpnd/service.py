@@ -118,7 +118,7 @@ async def run(settings: config.Settings) -> int:
     from vpnd.bus.objects import BusFrontend
     from vpnd.http import HttpClient
     from vpnd.manager import Manager
-    from vpnd.providers.eduvpn import EduVPNProvider
+    from vpnd.providers import default_families
     from vpnd.store.secret_store import open_secret_store
     from vpnd.store.store import Store
     from vpnd.tunnel.openvpn import Tunnel, TunnelEvent, TunnelSettings
@@ -151,7 +151,8 @@ async def run(settings: config.Settings) -> int:
         log.error("cannot connect to the system bus: %s", exc)
         return 1
     frontend = BusFrontend(bus)
-    manager = Manager(settings, store, EduVPNProvider(http), new_tunnel, frontend)
+    families = default_families(http, store.secrets, settings)
+    manager = Manager(settings, store, families, new_tunnel, frontend)
     frontend.attach(manager)
     manager.load()
     reply = await bus.request_name(BUS_NAME)

@@ -15,12 +15,14 @@ from vpnd.errors import AuthorizationRequired
 from vpnd.protocols import oauth
 from vpnd.protocols.eduvpn import Endpoints
 from vpnd.protocols.oauth import Tokens
-from vpnd.providers.base import Provider
 from vpnd.store.store import SecretStore
 
 log = logging.getLogger("vpnd.auth")
 
 T = TypeVar("T")
+
+# (endpoints, form, the refresh token the form spends or None) -> the server's new tokens
+TokenRequest = Callable[[Endpoints, dict[str, str], str | None], Awaitable[Tokens]]
 
 SECRET_NAME = "oauth"  # noqa: S105 (the name of a record, not a secret)
 # Refresh a little before the server would refuse the access token.
@@ -30,9 +32,10 @@ _EXPIRY_MARGIN = 30.0
 class TokenKeeper:
     """Calls the API with a server's saved tokens, refreshing them as needed."""
 
-    def __init__(self, secrets: SecretStore, client_id: str) -> None:
+    def __init__(self, secrets: SecretStore, client_id: str, request: TokenRequest) -> None:
         self._secrets = secrets
         self._client_id = client_id
+        self._request = request
 
     def load(self, owner: int, server_id: str) -> Tokens | None:
         """The saved tokens of a server, if any."""
@@ -53,7 +56,6 @@ class TokenKeeper:
 
     async def call(
         self,
-        provider: Provider,
         owner: int,
         server_id: str,
         server_label: str,
@@ -64,14 +66,12 @@ class TokenKeeper:
         tokens = self.load(owner, server_id)
         if tokens is None:
             raise AuthorizationRequired(
-                f"vpnd has no authorization for {server_label}; run `vpnctl login {server_label}`"
+                f"vpnd has no authorization for {server_label}; log in to it first"
             )
         # One refresh per call: on expiry before the call, or after a 401.
         may_refresh = True
         if tokens.expires_at and tokens.expires_at - _EXPIRY_MARGIN < time.time():
-            tokens = await self._refresh(
-                provider, owner, server_id, server_label, endpoints, tokens
-            )
+            tokens = await self._refresh(owner, server_id, server_label, endpoints, tokens)
             may_refresh = False
         while True:
             try:
@@ -80,18 +80,14 @@ class TokenKeeper:
                 if not may_refresh:
                     self.forget(owner, server_id)
                     raise AuthorizationRequired(
-                        f"{server_label} refused the saved authorization;"
-                        f" run `vpnctl login {server_label}`"
+                        f"{server_label} refused the saved authorization; log in to it again"
                     ) from None
             log.info("%s refused the access token; refreshing once", server_label)
-            tokens = await self._refresh(
-                provider, owner, server_id, server_label, endpoints, tokens
-            )
+            tokens = await self._refresh(owner, server_id, server_label, endpoints, tokens)
             may_refresh = False
 
     async def _refresh(
         self,
-        provider: Provider,
         owner: int,
         server_id: str,
         server_label: str,
@@ -99,7 +95,7 @@ class TokenKeeper:
         tokens: Tokens,
     ) -> Tokens:
         try:
-            fresh = await provider.token(
+            fresh = await self._request(
                 endpoints,
                 oauth.refresh_grant(tokens.refresh_token, client_id=self._client_id),
                 tokens.refresh_token,
@@ -109,7 +105,7 @@ class TokenKeeper:
             self.forget(owner, server_id)
             raise AuthorizationRequired(
                 f"{server_label} refused the saved authorization (it expired or was revoked);"
-                f" run `vpnctl login {server_label}`"
+                " log in to it again"
             ) from None
         self.save(owner, server_id, fresh)
         return fresh

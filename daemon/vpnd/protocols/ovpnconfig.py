@@ -576,3 +576,11 @@ def without(config: SanitizedConfig, *names: str) -> SanitizedConfig:
         directives=tuple(d for d in config.directives if d.name not in unwanted),
         dropped=config.dropped,
     )
+
+
+def split_key(config: SanitizedConfig) -> tuple[SanitizedConfig, bytes | None]:
+    """The config without its inline `<key>` block, and that key (PEM) if there was one.
+
+    openvpn gets the config and signs through vpnd, which keeps the key."""
+    key = inline_block(config, "key")
+    return without(config, "key"), key.encode() if key is not None else None

@@ -1,0 +1,59 @@
+"""Server families behind one seam: which kinds vpnd knows, and which one a server speaks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from vpnd.errors import ServerError
+from vpnd.protocols.eduvpn import Endpoints
+from vpnd.providers.base import Family, NotThisFamily
+
+if TYPE_CHECKING:
+    from vpnd.config import Settings
+    from vpnd.http import HttpClient
+    from vpnd.store.store import SecretStore
+
+
+class Families:
+    """The kinds of server this daemon speaks, in the order they are tried on a new server."""
+
+    def __init__(self, families: Sequence[Family]) -> None:
+        self._order = tuple(families)
+        self._by_kind = {family.kind: family for family in families}
+
+    def of(self, kind: str) -> Family:
+        """The family of a stored server's kind."""
+        try:
+            return self._by_kind[kind]
+        except KeyError:
+            raise ServerError(
+                f"this server is of a kind this version of vpnd does not speak ({kind});"
+                " a newer vpnd may"
+            ) from None
+
+    async def detect(self, base_url: str) -> tuple[Family, Endpoints]:
+        """The first family whose API the server speaks, with its endpoints.
+
+        The newest API is tried first. When the server speaks none, the error
+        is the first family's: it names the document a current server has."""
+        first: NotThisFamily | None = None
+        for family in self._order:
+            try:
+                return family, await family.provider.discover(base_url)
+            except NotThisFamily as exc:
+                first = first or exc
+        if first is None:
+            raise ServerError("vpnd has no server family to try")
+        raise first
+
+
+def default_families(http: HttpClient, secrets: SecretStore, settings: Settings) -> Families:
+    """Every family this daemon speaks, newest API first."""
+    from vpnd.auth.oauth_code import OAuthCodeLogin
+    from vpnd.providers.eduvpn_v3 import EduVPNv3Provider
+
+    code_login = OAuthCodeLogin(
+        http, secrets, settings.client_id, settings.authorization_timeout
+    )
+    return Families([Family(EduVPNv3Provider(http), code_login)])

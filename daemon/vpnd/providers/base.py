@@ -1,36 +1,140 @@
-"""The interface every server family implements for the manager."""
+"""The interface every server family implements for the manager.
+
+A family (eduVPN API v3, v2, v1, later Access Server) is a `Provider` for
+its API and a `Login` for how a server of that kind is authorized. The
+manager never asks which family a server is: it asks the provider for
+profiles and a connectable configuration, and the login for a credential.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
-from vpnd.protocols.eduvpn import Endpoints, IssuedConfig, Profile
-from vpnd.protocols.oauth import Tokens
+from vpnd.errors import ServerError
+from vpnd.protocols.eduvpn import Endpoints, Profile
+from vpnd.protocols.ovpnconfig import SanitizedConfig
+from vpnd.store.store import ServerRecord
+
+T = TypeVar("T")
+
+
+class NotThisFamily(ServerError):
+    """The server does not speak this family's API (its discovery document is absent)."""
+
+
+@dataclass(frozen=True)
+class Connectable:
+    """What a tunnel starts from: the allow-listed configuration without key material,
+    and the private key (PEM) apart, which the tunnel uses to sign and never hands on.
+
+    `expires_at` is when the server ends the session (Unix time, 0 when not known).
+    """
+
+    protocol: str  # "openvpn"; WireGuard comes with its own tunnel kind
+    config: SanitizedConfig
+    private_key: bytes | None
+    expires_at: float = 0.0
+
+
+class Vault(Protocol):
+    """One server's own secret records (key pairs and the like), sealed by the store."""
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        """One named record, or None."""
+        ...
+
+    def set(self, name: str, value: dict[str, Any]) -> None:
+        """Store or replace one named record."""
+        ...
+
+    def delete(self, name: str) -> None:
+        """Forget one named record."""
+        ...
+
+
+@dataclass(frozen=True)
+class Session:
+    """What a provider needs for calls on one server's behalf."""
+
+    endpoints: Endpoints
+    access_token: str
+    vault: Vault
+    label: str  # the server's host name, for messages
 
 
 class Provider(Protocol):
-    """One server family: endpoints, profiles, configs, release, tokens."""
+    """One server family's API."""
+
+    kind: str
 
     async def discover(self, base_url: str) -> Endpoints:
-        """Where the server's API and OAuth endpoints are (fetched fresh every time)."""
+        """Where the server's API and login endpoints are (fetched fresh every time).
+
+        Raises NotThisFamily when the server does not speak this family's API."""
         ...
 
-    async def profiles(self, endpoints: Endpoints, access_token: str) -> list[Profile]:
+    async def profiles(self, session: Session) -> list[Profile]:
         """The profiles the user may connect to."""
         ...
 
-    async def connect(
-        self, endpoints: Endpoints, access_token: str, profile_id: str, *, prefer_tcp: bool
-    ) -> IssuedConfig:
-        """A fresh configuration for a profile."""
+    async def obtain(self, session: Session, profile_id: str, *, prefer_tcp: bool) -> Connectable:
+        """A configuration for a profile that a tunnel can start from."""
         ...
 
-    async def disconnect(self, endpoints: Endpoints, access_token: str) -> None:
-        """Release server-side resources of the session."""
+    async def release(self, session: Session) -> None:
+        """Release what the server set aside for the session (best effort)."""
         ...
 
-    async def token(
-        self, endpoints: Endpoints, form: dict[str, str], previous_refresh: str | None
-    ) -> Tokens:
-        """Exchange a grant (code or refresh token) at the token endpoint."""
+
+class PendingAuthorization(Protocol):
+    """A login waiting for the user's browser."""
+
+    url: str
+
+    async def complete(self) -> None:
+        """Wait for the browser, obtain the credential and keep it; raises VpndError."""
         ...
+
+    def close(self) -> None:
+        """Stop waiting (idempotent)."""
+        ...
+
+
+class Login(Protocol):
+    """How servers of a family are authorized and how a usable credential is had."""
+
+    def authorized(self, record: ServerRecord) -> bool:
+        """Whether a credential is kept for the server (it is not checked with the server)."""
+        ...
+
+    async def begin(
+        self, record: ServerRecord, endpoints: Endpoints, caller: int
+    ) -> PendingAuthorization:
+        """Start a login on behalf of `caller`; the URL goes to the user's browser."""
+        ...
+
+    async def call(
+        self,
+        record: ServerRecord,
+        endpoints: Endpoints,
+        api_call: Callable[[str], Awaitable[T]],
+    ) -> T:
+        """Run `api_call(credential)`, renewing the credential once if the server refuses it.
+
+        Raises AuthorizationRequired when the user has to log in again."""
+        ...
+
+
+@dataclass(frozen=True)
+class Family:
+    """A server kind: its provider and its login."""
+
+    provider: Provider
+    login: Login
+
+    @property
+    def kind(self) -> str:
+        """The kind stored with each server record (`eduvpn-v3`, …)."""
+        return self.provider.kind

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import time
+import logging
 
 from vpnd.errors import ServerError
 from vpnd.http import HttpClient, Response
-from vpnd.protocols import eduvpn, oauth
-from vpnd.protocols.eduvpn import Endpoints, IssuedConfig, Profile
-from vpnd.protocols.oauth import Tokens
+from vpnd.protocols import eduvpn, ovpnconfig
+from vpnd.protocols.eduvpn import Endpoints, Profile
+from vpnd.providers.base import Connectable, NotThisFamily, Session
+
+log = logging.getLogger("vpnd.providers")
 
 _ACCEPT_CONFIG = eduvpn.OPENVPN_PROFILE
 
 
-class EduVPNProvider:
+class EduVPNv3Provider:
     """API v3: /.well-known/vpn-user-portal, /info, /connect, /disconnect."""
+
+    kind = "eduvpn-v3"
 
     def __init__(self, http: HttpClient) -> None:
         self._http = http
@@ -27,53 +31,48 @@ class EduVPNProvider:
             follow_redirects=True,
         )
         if reply.status != 200:
-            raise ServerError(
+            raise NotThisFamily(
                 f"{base_url} does not look like an eduVPN or Let's Connect! server"
                 f" (its discovery document answered HTTP {reply.status})"
             )
         return eduvpn.parse_well_known(reply.body)
 
-    async def profiles(self, endpoints: Endpoints, access_token: str) -> list[Profile]:
+    async def profiles(self, session: Session) -> list[Profile]:
         """GET /info."""
         reply = await self._http.get(
-            eduvpn.api_call_url(endpoints.api_endpoint, "info"), headers=_bearer(access_token)
+            eduvpn.api_call_url(session.endpoints.api_endpoint, "info"),
+            headers=_bearer(session.access_token),
         )
         _check(reply)
         return eduvpn.parse_info(reply.body)
 
-    async def connect(
-        self, endpoints: Endpoints, access_token: str, profile_id: str, *, prefer_tcp: bool
-    ) -> IssuedConfig:
-        """POST /connect for an OpenVPN configuration."""
+    async def obtain(self, session: Session, profile_id: str, *, prefer_tcp: bool) -> Connectable:
+        """POST /connect: v3 issues a new key and certificate with every configuration."""
         reply = await self._http.post(
-            eduvpn.api_call_url(endpoints.api_endpoint, "connect"),
+            eduvpn.api_call_url(session.endpoints.api_endpoint, "connect"),
             data={"profile_id": profile_id, "prefer_tcp": "yes" if prefer_tcp else "no"},
-            headers={**_bearer(access_token), "Accept": _ACCEPT_CONFIG},
+            headers={**_bearer(session.access_token), "Accept": _ACCEPT_CONFIG},
         )
         _check(reply)
-        return eduvpn.parse_connect(
+        issued = eduvpn.parse_connect(
             reply.headers.get("content-type", ""), reply.headers.get("expires"), reply.body
         )
+        if issued.protocol != "openvpn":
+            raise ServerError(
+                f"{session.label} issued a {issued.protocol} configuration;"
+                " vpnd speaks OpenVPN only"
+            )
+        config, key = ovpnconfig.split_key(ovpnconfig.sanitize(issued.text))
+        return Connectable(issued.protocol, config, key, issued.expires_at)
 
-    async def disconnect(self, endpoints: Endpoints, access_token: str) -> None:
+    async def release(self, session: Session) -> None:
         """POST /disconnect."""
         reply = await self._http.post(
-            eduvpn.api_call_url(endpoints.api_endpoint, "disconnect"),
+            eduvpn.api_call_url(session.endpoints.api_endpoint, "disconnect"),
             data={},
-            headers=_bearer(access_token),
+            headers=_bearer(session.access_token),
         )
         _check(reply)
-
-    async def token(
-        self, endpoints: Endpoints, form: dict[str, str], previous_refresh: str | None
-    ) -> Tokens:
-        """POST to the token endpoint."""
-        reply = await self._http.post(
-            endpoints.token_endpoint, data=form, headers={"Accept": "application/json"}
-        )
-        return oauth.parse_token_response(
-            reply.status, reply.body, now=time.time(), previous_refresh_token=previous_refresh
-        )
 
 
 def _bearer(access_token: str) -> dict[str, str]:

@@ -1,0 +1,586 @@
+"""The manager's flows with fake server families, tunnels and listeners.
+
+The families, the login and the tunnel here are test doubles: the manager's
+decisions (what it stores, which state a connection is in, what it tells
+its listener, what it releases) are what is tested, for every branch,
+without a network or openvpn. The real pieces are tested end to end in
+tests/bus and tests/e2e.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from vpnd.config import Settings
+from vpnd.errors import (
+    AlreadyExists,
+    AuthorizationFailed,
+    AuthorizationRequired,
+    Busy,
+    InvalidArgument,
+    NotFound,
+    ServerError,
+    TunnelFailed,
+    VpndError,
+)
+from vpnd.manager import MAX_SERVERS_PER_OWNER, Connection, Manager, Server
+from vpnd.protocols.connstate import State
+from vpnd.protocols.eduvpn import Endpoints, Profile
+from vpnd.protocols.management import ByteCountEvent, FatalEvent, StateEvent
+from vpnd.protocols.ovpnconfig import sanitize, split_key
+from vpnd.providers import Families
+from vpnd.providers.base import Connectable, Family, NotThisFamily, Session
+from vpnd.store.store import ServerRecord, Store
+from vpnd.tunnel.openvpn import TunnelEvent, TunnelExited
+
+T = TypeVar("T")
+
+OWNER, OTHER = 1000, 1001
+URL = "https://vpn.example.org/"
+KEY = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n"
+CONFIG = f"""client
+dev tun
+remote vpn.example.org 1194 udp
+<ca>
+-----BEGIN CERTIFICATE-----
+MIIB
+-----END CERTIFICATE-----
+</ca>
+<cert>
+-----BEGIN CERTIFICATE-----
+MIIC
+-----END CERTIFICATE-----
+</cert>
+<key>
+{KEY}</key>
+script-security 2
+"""
+
+
+def endpoints_for(base_url: str) -> Endpoints:
+    return Endpoints(f"{base_url}api", f"{base_url}authorize", f"{base_url}token")
+
+
+@dataclass
+class FakeProvider:
+    """A server family whose servers answer as the test sets them up."""
+
+    kind: str
+    speaks: set[str] = field(default_factory=set)  # base URLs that speak this family
+    profile_list: list[Profile] = field(default_factory=list)
+    obtain_error: VpndError | None = None
+    expires_at: float = 2_000_000_000.0
+    calls: list[tuple[str, str]] = field(default_factory=list)  # (what, access token)
+    sessions: list[Session] = field(default_factory=list)
+
+    async def discover(self, base_url: str) -> Endpoints:
+        if base_url not in self.speaks:
+            raise NotThisFamily(f"{base_url} does not speak {self.kind}")
+        return endpoints_for(base_url)
+
+    async def profiles(self, session: Session) -> list[Profile]:
+        self.calls.append(("profiles", session.access_token))
+        return self.profile_list
+
+    async def obtain(self, session: Session, profile_id: str, *, prefer_tcp: bool) -> Connectable:
+        self.calls.append((f"obtain {profile_id} tcp={prefer_tcp}", session.access_token))
+        self.sessions.append(session)
+        if self.obtain_error is not None:
+            raise self.obtain_error
+        config, key = split_key(sanitize(CONFIG))
+        return Connectable("openvpn", config, key, self.expires_at)
+
+    async def release(self, session: Session) -> None:
+        self.calls.append(("release", session.access_token))
+
+
+class FakePending:
+    """A login waiting for the browser; the test ends it with `browser`."""
+
+    def __init__(self, login: FakeLogin, record: ServerRecord, caller: int) -> None:
+        self.url = f"{record.url}authorize?caller={caller}"
+        self.record = record
+        self.login = login
+        self.browser: asyncio.Future[VpndError | None] = asyncio.get_running_loop().create_future()
+        self.closed = False
+
+    async def complete(self) -> None:
+        error = await self.browser
+        if error is not None:
+            raise error
+        self.login.credentials[self.record.server_id] = "token-1"
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class FakeLogin:
+    """Credentials per server id; a refused credential is forgotten, as OAuth's refresh does."""
+
+    credentials: dict[str, str] = field(default_factory=dict)
+    pending: list[FakePending] = field(default_factory=list)
+    refuse: bool = False
+
+    def authorized(self, record: ServerRecord) -> bool:
+        return record.server_id in self.credentials
+
+    async def begin(self, record: ServerRecord, endpoints: Endpoints, caller: int) -> FakePending:
+        assert endpoints == endpoints_for(record.url)
+        self.pending.append(FakePending(self, record, caller))
+        return self.pending[-1]
+
+    async def call(
+        self, record: ServerRecord, endpoints: Endpoints, api_call: Callable[[str], Awaitable[T]]
+    ) -> T:
+        credential = self.credentials.get(record.server_id)
+        if credential is None:
+            raise AuthorizationRequired(f"vpnd has no authorization for {record.url}")
+        if self.refuse:
+            del self.credentials[record.server_id]
+            raise AuthorizationRequired("the server refused the saved authorization")
+        return await api_call(credential)
+
+
+class FakeTunnel:
+    def __init__(self, name: str, text: str, key: bytes | None, sink: Callable[..., None]) -> None:
+        self.name, self.text, self.key, self.sink = name, text, key, sink
+        self.started = self.stopped = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        self.stopped = True
+
+    def emit(self, event: TunnelEvent) -> None:
+        self.sink(event)
+
+
+@dataclass
+class Recorder:
+    """The manager's listener: every report, in order."""
+
+    events: list[tuple[str, Any, Any]] = field(default_factory=list)
+
+    def server_added(self, server: Server) -> None:
+        self.events.append(("server_added", server, None))
+
+    def server_removed(self, server: Server) -> None:
+        self.events.append(("server_removed", server, None))
+
+    def server_changed(self, server: Server, fields: set[str]) -> None:
+        self.events.append(("server_changed", server, frozenset(fields)))
+
+    def authorization_finished(self, server: Server, error: VpndError | None) -> None:
+        self.events.append(("authorization_finished", server, error))
+
+    def connection_added(self, connection: Connection) -> None:
+        self.events.append(("connection_added", connection, None))
+
+    def connection_removed(self, connection: Connection) -> None:
+        self.events.append(("connection_removed", connection, None))
+
+    def connection_changed(self, connection: Connection, fields: set[str]) -> None:
+        self.events.append(("connection_changed", connection, frozenset(fields)))
+
+    def names(self) -> list[str]:
+        return [name for name, _obj, _extra in self.events]
+
+    def changed_fields(self, obj: object) -> set[str]:
+        fields: set[str] = set()
+        for name, what, extra in self.events:
+            if what is obj and name.endswith("_changed"):
+                fields |= extra
+        return fields
+
+
+class World:
+    """A manager over a real store in a temporary directory, with fake families."""
+
+    def __init__(self, tmp_path: Path, *, connect_timeout: float = 60.0) -> None:
+        self.settings = Settings(
+            state_dir=tmp_path / "state",
+            runtime_dir=tmp_path / "run",
+            connect_timeout=connect_timeout,
+        )
+        self.store = Store(self.settings.state_dir)
+        self.v3 = FakeProvider("eduvpn-v3")
+        self.v2 = FakeProvider("eduvpn-v2")
+        self.login = FakeLogin()
+        self.tunnels: list[FakeTunnel] = []
+        self.listener = Recorder()
+        self.manager = self.new_manager()
+
+    def new_manager(self) -> Manager:
+        families = Families([Family(self.v3, self.login), Family(self.v2, self.login)])
+        return Manager(self.settings, self.store, families, self.tunnel, self.listener)
+
+    def tunnel(
+        self, name: str, text: str, key: bytes | None, sink: Callable[[TunnelEvent], None]
+    ) -> FakeTunnel:
+        self.tunnels.append(FakeTunnel(name, text, key, sink))
+        return self.tunnels[-1]
+
+    async def add(self, url: str = URL, owner: int = OWNER, *, family: str = "v3") -> Server:
+        getattr(self, family).speaks.add(url)
+        return await self.manager.add_server(owner, url)
+
+    async def authorized_server(self, url: str = URL, owner: int = OWNER) -> Server:
+        server = await self.add(url, owner)
+        self.login.credentials[server.server_id] = "token-1"
+        server.authorized = True
+        return server
+
+    async def connected(self, server: Server) -> Connection:
+        connection = self.manager.connect(server, "employees", prefer_tcp=False)
+        await settled_tunnel(self, connection)
+        self.tunnels[-1].emit(StateEvent(1, "CONNECTED", "SUCCESS", "10.8.0.2", "198.51.100.1"))
+        assert connection.state is State.CONNECTED
+        return connection
+
+
+async def settled_tunnel(world: World, connection: Connection) -> None:
+    """Wait until the connection has started its tunnel (or ended)."""
+    for _ in range(100):
+        if (world.tunnels and world.tunnels[-1].started) or connection.machine.finished:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"the connection never started a tunnel: {connection.state}")
+
+
+async def login_ended(server: Server) -> None:
+    """Wait for the server's login attempt and for its outcome to be reported."""
+    task = server._authorization
+    assert task is not None
+    await asyncio.wait({task})
+    await asyncio.sleep(0)  # the outcome is reported from the task's done callback
+
+
+async def finished(connection: Connection) -> None:
+    assert connection.task is not None
+    await asyncio.wait_for(asyncio.shield(connection.task), 5)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World(tmp_path)
+
+
+# --- adding and removing servers ------------------------------------------------
+
+
+async def test_add_detects_the_family_and_stores_its_kind(world: World) -> None:
+    v3 = await world.add("https://new.example.org/", family="v3")
+    v2 = await world.add("https://old.example.org/", family="v2")
+    assert (v3.kind, v2.kind) == ("eduvpn-v3", "eduvpn-v2")
+    assert world.listener.names() == ["server_added", "server_added"]
+    stored = {r.url: r.kind for r in Store(world.settings.state_dir).load_servers()}
+    assert stored == {"https://new.example.org/": "eduvpn-v3", "https://old.example.org/": "eduvpn-v2"}
+
+
+async def test_a_server_that_speaks_no_family_is_not_added(world: World) -> None:
+    with pytest.raises(NotThisFamily, match="does not speak eduvpn-v3"):
+        await world.manager.add_server(OWNER, "https://nothing.example.org")
+    assert world.manager.servers_of(OWNER) == []
+    assert world.store.load_servers() == []
+    assert world.listener.events == []
+
+
+async def test_adding_twice_and_past_the_limit_is_refused(world: World) -> None:
+    await world.add()
+    with pytest.raises(AlreadyExists):
+        await world.add()
+    for n in range(MAX_SERVERS_PER_OWNER - 1):
+        await world.add(f"https://vpn{n}.example.org/")
+    with pytest.raises(InvalidArgument, match="the most vpnd keeps for one owner"):
+        await world.add("https://one-too-many.example.org/")
+    # Another owner has limits of its own.
+    await world.add(owner=OTHER)
+    assert len(world.store.load_servers()) == MAX_SERVERS_PER_OWNER + 1
+
+
+async def test_find_server_by_url_host_or_part(world: World) -> None:
+    a = await world.add("https://a.example.org/")
+    b = await world.add("https://b.example.org/")
+    assert world.manager.find_server(OWNER, "https://a.example.org") is a
+    assert world.manager.find_server(OWNER, "b.example.org") is b
+    assert world.manager.find_server(OWNER, "b.exa") is b
+    with pytest.raises(InvalidArgument, match="matches several servers"):
+        world.manager.find_server(OWNER, "example")
+    with pytest.raises(NotFound) as caught:
+        world.manager.find_server(OTHER, "a.example.org")
+    assert "vpnctl" not in caught.value.message
+
+
+async def test_servers_and_their_kinds_survive_a_restart(world: World) -> None:
+    server = await world.authorized_server()
+    world.listener.events.clear()
+    manager = world.new_manager()
+    manager.load()
+    [loaded] = manager.servers_of(OWNER)
+    assert (loaded.server_id, loaded.kind, loaded.authorized) == (server.server_id, "eduvpn-v3", True)
+
+
+async def test_a_stored_kind_this_version_does_not_speak(world: World) -> None:
+    record = ServerRecord("00112233445566aa", OWNER, URL, 1.0, "eduvpn-v9")
+    world.store.save_servers(OWNER, [record])
+    manager = world.new_manager()
+    manager.load()
+    [server] = manager.servers_of(OWNER)
+    assert not server.authorized
+    with pytest.raises(ServerError, match="does not speak"):
+        await manager.profiles(server, "en")
+    # Still listed and removable; the record is untouched until then.
+    assert world.store.load_servers() == [record]
+    await manager.remove_server(server)
+    assert world.store.load_servers() == []
+
+
+async def test_remove_forgets_the_server_and_its_secrets(world: World) -> None:
+    server = await world.authorized_server()
+    world.store.secrets.set(OWNER, server.server_id, "keypair", {"key": "k"})
+    await world.manager.remove_server(server)
+    assert world.store.secrets.get(OWNER, server.server_id, "keypair") is None
+    assert world.store.load_servers() == []
+    assert world.listener.names()[-1] == "server_removed"
+    with pytest.raises(NotFound):
+        world.manager.server(server.server_id)
+
+
+# --- authorization ------------------------------------------------------------------
+
+
+async def test_authorize_hands_out_the_url_and_reports_the_outcome(world: World) -> None:
+    server = await world.add()
+    url = await world.manager.authorize(server, OWNER)
+    assert url == f"{URL}authorize?caller={OWNER}"
+    assert server.authorization_pending
+    world.login.pending[-1].browser.set_result(None)
+    await login_ended(server)
+    assert server.authorized and not server.authorization_pending
+    assert world.login.pending[-1].closed
+    assert world.listener.events[-1] == ("authorization_finished", server, None)
+
+
+async def test_a_failed_authorization_is_reported_and_changes_nothing(world: World) -> None:
+    server = await world.add()
+    await world.manager.authorize(server, OWNER)
+    world.login.pending[-1].browser.set_result(AuthorizationFailed("the server said: denied"))
+    await login_ended(server)
+    name, what, error = world.listener.events[-1]
+    assert (name, what) == ("authorization_finished", server)
+    assert isinstance(error, AuthorizationFailed) and error.message == "the server said: denied"
+    assert not server.authorized and world.login.pending[-1].closed
+
+
+async def test_a_new_authorization_supersedes_the_waiting_one(world: World) -> None:
+    server = await world.add()
+    await world.manager.authorize(server, OWNER)
+    first_task = server._authorization
+    await world.manager.authorize(server, OWNER)
+    assert first_task is not None
+    with pytest.raises(asyncio.CancelledError):
+        await first_task
+    await asyncio.sleep(0)  # the first attempt's outcome is reported from its done callback
+    first = world.login.pending[0]
+    assert first.closed
+    reports = [e for e in world.listener.events if e[0] == "authorization_finished"]
+    assert len(reports) == 1 and "a newer login started" in reports[0][2].message
+    # The newer attempt still waits, and says so.
+    assert server.authorization_pending and not world.login.pending[1].closed
+    world.login.pending[1].browser.set_result(None)
+    await login_ended(server)
+    assert server.authorized
+
+
+# --- profiles -------------------------------------------------------------------------
+
+
+async def test_profiles_in_the_callers_language(world: World) -> None:
+    server = await world.authorized_server()
+    world.v3.profile_list = [
+        Profile("employees", {"en-US": "Employees", "nl-NL": "Medewerkers"}, default_gateway=True)
+    ]
+    [profile] = await world.manager.profiles(server, "nl_NL.UTF-8")
+    assert profile["display_name"] == "Medewerkers" and profile["default_gateway"] is True
+    assert world.v3.calls == [("profiles", "token-1")]
+
+
+async def test_a_refused_credential_is_published(world: World) -> None:
+    server = await world.authorized_server()
+    world.login.refuse = True
+    with pytest.raises(AuthorizationRequired):
+        await world.manager.profiles(server, "en")
+    assert not server.authorized
+    assert "authorized" in world.listener.changed_fields(server)
+
+
+# --- connections ------------------------------------------------------------------------
+
+
+async def test_connect_gives_openvpn_the_config_and_keeps_the_key(world: World) -> None:
+    server = await world.authorized_server()
+    connection = await world.connected(server)
+    [tunnel] = world.tunnels
+    assert tunnel.key == KEY.encode()
+    assert "PRIVATE KEY" not in tunnel.text and "<key>" not in tunnel.text
+    assert "script-security" not in tunnel.text  # the allow-list ran
+    assert "<cert>" in tunnel.text and "remote vpn.example.org 1194 udp" in tunnel.text
+    assert world.v3.calls == [("obtain employees tcp=False", "token-1")]
+    assert world.v3.sessions[0].label == "vpn.example.org"
+    assert connection.tunnel_ip == "10.8.0.2"
+    assert connection.session_expiry == world.v3.expires_at
+    # The session expiry is kept with the server.
+    [record] = Store(world.settings.state_dir).load_servers()
+    assert record.session_expiry == world.v3.expires_at
+
+
+async def test_a_providers_keys_stay_with_its_server(world: World) -> None:
+    server = await world.authorized_server()
+    other = await world.authorized_server("https://other.example.org/")
+    world.manager.connect(server, "employees", prefer_tcp=True)
+    await settled_tunnel(world, world.manager.connection)  # type: ignore[arg-type]
+    vault = world.v3.sessions[0].vault
+    vault.set("keypair", {"certificate": "c"})
+    assert world.store.secrets.get(OWNER, server.server_id, "keypair") == {"certificate": "c"}
+    assert world.store.secrets.get(OWNER, other.server_id, "keypair") is None
+
+
+async def test_connect_refuses_a_bad_profile_id(world: World) -> None:
+    server = await world.authorized_server()
+    with pytest.raises(InvalidArgument):
+        world.manager.connect(server, "../etc", prefer_tcp=False)
+    assert world.manager.connection is None
+
+
+async def test_one_connection_at_a_time(world: World) -> None:
+    server = await world.authorized_server()
+    await world.connected(server)
+    with pytest.raises(Busy) as mine:
+        world.manager.connect(server, "employees", prefer_tcp=False)
+    assert "disconnect it first" in mine.value.message and "vpnctl" not in mine.value.message
+    other = await world.authorized_server(owner=OTHER)
+    with pytest.raises(Busy, match="another user"):
+        world.manager.connect(other, "employees", prefer_tcp=False)
+
+
+async def test_connect_without_authorization_fails_without_a_tunnel(world: World) -> None:
+    server = await world.add()
+    connection = world.manager.connect(server, "employees", prefer_tcp=False)
+    await finished(connection)
+    assert connection.state is State.FAILED
+    assert connection.error == AuthorizationRequired.dbus_name
+    assert world.tunnels == []
+
+
+async def test_a_provider_error_fails_the_connection(world: World) -> None:
+    server = await world.authorized_server()
+    world.v3.obtain_error = ServerError("the server has no such profile")
+    connection = world.manager.connect(server, "employees", prefer_tcp=False)
+    await finished(connection)
+    assert connection.state is State.FAILED
+    assert connection.error_message == "the server has no such profile"
+    assert world.tunnels == []
+    # Nothing was obtained, so nothing is released.
+    assert ("release", "token-1") not in world.v3.calls
+
+
+async def test_openvpn_exiting_fails_the_connection_and_releases_it(world: World) -> None:
+    server = await world.authorized_server()
+    connection = await world.connected(server)
+    tunnel = world.tunnels[-1]
+    tunnel.emit(ByteCountEvent(100, 200))
+    assert (connection.bytes_in, connection.bytes_out) == (100, 200)
+    tunnel.emit(FatalEvent("tls-crypt unwrapping failed"))
+    tunnel.emit(TunnelExited(1, "exited", requested=False))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert connection.state is State.FAILED
+    assert connection.error == TunnelFailed.dbus_name
+    assert "tls-crypt unwrapping failed" in connection.error_message
+    assert tunnel.stopped
+    assert world.v3.calls[-1] == ("release", "token-1")
+
+
+async def test_a_tunnel_that_never_comes_up_times_out(tmp_path: Path) -> None:
+    world = World(tmp_path, connect_timeout=0.05)
+    server = await world.authorized_server()
+    connection = world.manager.connect(server, "employees", prefer_tcp=False)
+    await settled_tunnel(world, connection)
+    world.tunnels[-1].emit(StateEvent(1, "WAIT"))
+    await finished(connection)
+    assert connection.state is State.FAILED
+    assert "did not come up within" in connection.error_message
+    assert "WAIT" in connection.error_message
+    assert world.tunnels[-1].stopped
+
+
+async def test_disconnect_stops_openvpn_and_releases_the_session(world: World) -> None:
+    server = await world.authorized_server()
+    connection = await world.connected(server)
+    await world.manager.disconnect(connection)
+    assert connection.state is State.DISCONNECTED
+    assert world.tunnels[-1].stopped
+    assert world.v3.calls[-1] == ("release", "token-1")
+    # A second disconnect is a no-op, and a new connection replaces the old object.
+    await world.manager.disconnect(connection)
+    again = world.manager.connect(server, "employees", prefer_tcp=False)
+    assert ("connection_removed", connection, None) in world.listener.events
+    assert world.manager.connection is again
+
+
+async def test_disconnect_while_the_config_is_being_obtained(world: World) -> None:
+    server = await world.authorized_server()
+    gate = asyncio.Event()
+    original = world.v3.obtain
+
+    async def slow_obtain(session: Session, profile_id: str, *, prefer_tcp: bool) -> Connectable:
+        await gate.wait()
+        return await original(session, profile_id, prefer_tcp=prefer_tcp)
+
+    world.v3.obtain = slow_obtain  # type: ignore[method-assign]
+    connection = world.manager.connect(server, "employees", prefer_tcp=False)
+    await asyncio.sleep(0)
+    await world.manager.disconnect(connection)
+    assert connection.state is State.DISCONNECTED
+    assert world.tunnels == []
+
+
+async def test_remove_disconnects_first(world: World) -> None:
+    server = await world.authorized_server()
+    connection = await world.connected(server)
+    await world.manager.remove_server(server)
+    assert connection.state is State.DISCONNECTED
+    assert world.tunnels[-1].stopped
+    assert world.store.load_servers() == []
+
+
+async def test_removing_a_server_ends_its_login(world: World) -> None:
+    server = await world.add()
+    await world.manager.authorize(server, OWNER)
+    task = server._authorization
+    await world.manager.remove_server(server)
+    assert world.login.pending[-1].closed
+    assert task is not None
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0)
+    # Nothing is told about a server that is gone.
+    assert world.listener.names()[-1] == "server_removed"
+
+
+async def test_shutdown_disconnects_and_cancels_logins(world: World) -> None:
+    server = await world.authorized_server()
+    other = await world.add("https://other.example.org/")
+    await world.manager.authorize(other, OWNER)
+    connection = await world.connected(server)
+    await world.manager.shutdown()
+    assert connection.state is State.DISCONNECTED
+    assert world.login.pending[-1].closed
