@@ -471,6 +471,13 @@ def run(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
     return handler(bus, args, out)
 
 
+def failure(error: BaseException, args: argparse.Namespace) -> tuple[int, str]:
+    """The exit code and stderr line for a failed command, with hints naming its server."""
+    return describe(
+        error, server=getattr(args, "server", None), system=getattr(args, "system", False)
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """vpnctl's entry point: the exit status; expected failures print one line on stderr."""
     args = build_parser().parse_args(argv)
@@ -481,7 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with DaemonBus.open(interactive=sys.stdin.isatty()) as bus:
             return run(bus, args, sys.stdout)
     except (VpnctlError, BusError, KeyboardInterrupt) as error:
-        code, line = describe(error)
+        code, line = failure(error, args)
         print(line, file=sys.stderr)
         return code
     except BrokenPipeError:

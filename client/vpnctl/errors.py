@@ -83,6 +83,17 @@ _MISMATCH_ERRORS = frozenset(
 )
 
 
+# What vpnctl adds to the daemon's own message, by error name. The daemon
+# writes for every client and so never names a command; these name ours.
+# {vpnctl} is `vpnctl` or `vpnctl --system`, {server} the server as given.
+_HINTS: dict[str, str] = {
+    "AuthorizationRequired": "run `{vpnctl} login {server}`",
+    "AuthorizationFailed": "run `{vpnctl} login {server}` to try again",
+    "NotFound": "`{vpnctl} list` shows the servers",
+    "Busy": "`vpnctl status` shows the connection, `vpnctl disconnect` ends yours",
+}
+
+
 class VpnctlError(Exception):
     """Base of the failures vpnctl reports as one line and an exit code."""
 
@@ -135,12 +146,20 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def describe(error: BaseException) -> tuple[int, str]:
-    """The exit code and the one stderr line (with the "vpnctl: " prefix) for an error."""
+def describe(
+    error: BaseException, *, server: str | None = None, system: bool = False
+) -> tuple[int, str]:
+    """The exit code and the one stderr line (with the "vpnctl: " prefix) for an error.
+
+    `server` and `system` are the command's, for the hint added to the daemon's errors."""
     if isinstance(error, VpnctlError):
         code, text = error.exit_code, error.message
     elif isinstance(error, BusError):
         code, text = _describe_bus_error(error.name, error.message)
+        hint = _HINTS.get(error.name.removeprefix(ERROR_PREFIX))
+        if hint is not None:
+            vpnctl = "vpnctl --system" if system else "vpnctl"
+            text += " (" + hint.format(vpnctl=vpnctl, server=server or "SERVER") + ")"
     elif isinstance(error, KeyboardInterrupt):
         code, text = EXIT_INTERRUPTED, "interrupted"
     else:

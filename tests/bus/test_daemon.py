@@ -200,7 +200,7 @@ def test_add_list_login_profiles_remove(
     ok(vpnctl(["remove", portal.host], client_env))
     assert servers(client_env) == []
     assert not secrets[0].exists()
-    assert "no server matches" in failed(vpnctl(["profiles", portal.host], client_env))
+    assert "no server of yours matches" in failed(vpnctl(["profiles", portal.host], client_env))
 
 
 def test_servers_and_authorizations_survive_a_restart(

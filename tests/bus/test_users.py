@@ -478,7 +478,7 @@ def test_vpnctl_as_another_user_sees_nothing_of_it(
     for command in (["login"], ["profiles"], ["connect"], ["remove"]):
         result = vpnctl([*command, portal.host], env, user=user2)
         assert result.returncode != 0
-        assert "no server matches" in result.stderr, result.stderr
+        assert "no server of yours matches" in result.stderr, result.stderr
     status = json.loads(ok(vpnctl(["status", "--json"], env, user=user2)))
     assert portal.base_url not in json.dumps(status) and "guests" not in json.dumps(status)
     assert "Not connected" in ok(vpnctl(["disconnect"], env, user=user2))

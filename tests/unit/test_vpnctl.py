@@ -188,7 +188,7 @@ def run(daemon: FakeDaemon, *argv: str, out: io.StringIO | None = None) -> tuple
     try:
         return cli.run(bus, args, out), out.getvalue()
     except (errors.VpnctlError, errors.BusError) as error:
-        return errors.describe(error)
+        return cli.failure(error, args)
 
 
 # --- argument parsing -------------------------------------------------------
@@ -548,15 +548,16 @@ def test_profiles_records_and_table() -> None:
         (
             errors.BusError(
                 "org.vpnd.Error.AuthorizationRequired",
-                "the server refused the saved authorization; run `vpnctl login vpn`",
+                "the server refused the saved authorization; log in to it again",
             ),
             3,
-            "vpnctl: the server refused the saved authorization; run `vpnctl login vpn`",
+            "vpnctl: the server refused the saved authorization; log in to it again"
+            " (run `vpnctl login SERVER`)",
         ),
         (
             errors.BusError("org.vpnd.Error.NotFound", "no server of yours\nmatches 'x'"),
             1,
-            "vpnctl: no server of yours matches 'x'",
+            "vpnctl: no server of yours matches 'x' (`vpnctl list` shows the servers)",
         ),
         (errors.BusError("org.vpnd.Error.InvalidArgument", "not https"), 2, "vpnctl: not https"),
         (errors.BusError("org.vpnd.Error.NotAuthorized", "not yours"), 5, "vpnctl: not yours"),
@@ -843,8 +844,15 @@ def test_remove_and_daemon_errors(daemon: FakeDaemon) -> None:
     def not_found(path: str, query: str) -> tuple[str, tuple[Any, ...]]:
         raise errors.BusError("org.vpnd.Error.NotFound", "no server of yours matches 'nope'")
 
-    daemon.handlers["FindServer"] = not_found
-    assert run(daemon, "remove", "nope") == (1, "vpnctl: no server of yours matches 'nope'")
+    daemon.handlers["FindServer"] = daemon.handlers["FindSystemServer"] = not_found
+    assert run(daemon, "remove", "nope") == (
+        1,
+        "vpnctl: no server of yours matches 'nope' (`vpnctl list` shows the servers)",
+    )
+    # The hint names the command's own flavour.
+    assert run(daemon, "--system", "remove", "nope")[1].endswith(
+        "(`vpnctl --system list` shows the servers)"
+    )
 
 
 def test_system_flag_uses_the_system_wide_servers(daemon: FakeDaemon) -> None:
@@ -980,12 +988,16 @@ def test_connect_sees_a_state_reached_before_it_listened(daemon: FakeDaemon) -> 
         daemon.properties[(CONNECTION, contract.CONNECTION_INTERFACE)] = connection_properties(
             State=("s", "failed"),
             Error=("s", "org.vpnd.Error.AuthorizationRequired"),
-            ErrorMessage=("s", "run `vpnctl login vpn`"),
+            ErrorMessage=("s", "vpn refused the saved authorization; log in to it again"),
         )
         return "o", (CONNECTION,)
 
     daemon.handlers["Connect"] = connect
-    assert run(daemon, "connect", "vpn", "--profile", "p") == (3, "vpnctl: run `vpnctl login vpn`")
+    assert run(daemon, "connect", "vpn", "--profile", "p") == (
+        3,
+        "vpnctl: vpn refused the saved authorization; log in to it again"
+        " (run `vpnctl login vpn`)",
+    )
 
 
 def test_connect_failure_reports_the_error_message(daemon: FakeDaemon) -> None:
@@ -1103,7 +1115,7 @@ def test_login_failure_and_timeout(daemon: FakeDaemon, monkeypatch: pytest.Monke
     daemon.handlers["Authorize"] = authorize
     assert run(daemon, "login", "vpn", "--no-browser") == (
         1,
-        "vpnctl: the server said: access_denied",
+        "vpnctl: the server said: access_denied (run `vpnctl login vpn` to try again)",
     )
     daemon.handlers["Authorize"] = lambda path: ("s", ("https://vpn.example.org/authorize",))
     code, line = run(daemon, "login", "vpn", "--no-browser", "--timeout", "3")
