@@ -242,7 +242,8 @@ def test_parse_token_response_refused_grant(status: int) -> None:
     with pytest.raises(AuthorizationRequired, match="invalid_grant") as caught:
         parse_token_response(status, body, now=0.0)
     assert REFRESH not in caught.value.message
-    assert "vpnctl login" in caught.value.message
+    assert "log in to the server again" in caught.value.message
+    assert "vpnctl" not in caught.value.message
 
 
 def test_parse_token_response_refused_without_json() -> None:

@@ -14,8 +14,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from vpnd.errors import AuthorizationFailed, AuthorizationRequired, ServerError, StorageFailed
-from vpnd.protocols.eduvpn import clean_text, load_json
+from vpnd.errors import (
+    AuthorizationDenied,
+    AuthorizationFailed,
+    AuthorizationRequired,
+    ServerError,
+    StateMismatch,
+    StorageFailed,
+)
+from vpnd.protocols.documents import clean_text, load_json
 
 CLIENT_ID = "org.eduvpn.app.linux"
 SCOPE = "config"
@@ -36,14 +43,16 @@ MAX_EXPIRES_IN = 1 << 31
 """Longest token lifetime (seconds) taken as meant; more is a malformed reply."""
 
 # Codes and tokens are opaque, but RFC 6749 limits them to printable ASCII.
-_VSCHAR_RE = re.compile(r"[\x20-\x7e]+")
+VSCHAR_RE = re.compile(r"[\x20-\x7e]+")
+"""What an authorization code or a token may be made of (RFC 6749 appendix A)."""
+
 _ERROR_CODE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 _CALLBACK_ERRORS = {
     "access_denied": "the authorization was denied at the server",
     "invalid_request": "the server found the authorization request invalid",
     "unauthorized_client": "the server does not let this client ask for authorization",
-    "unsupported_response_type": "the server does not support the code flow",
+    "unsupported_response_type": "the server does not support the {flow}",
     "invalid_scope": "the server does not grant the requested scope",
     "server_error": "the server failed while authorizing",
     "temporarily_unavailable": "the server cannot authorize right now; try again later",
@@ -88,55 +97,81 @@ def authorization_url(
     return endpoint + separator + query
 
 
-def _single_fields(query: str) -> dict[str, str]:
-    """The query's fields; AuthorizationFailed if malformed or a field repeats."""
+def callback_fields(text: str, *, what: str = "callback") -> dict[str, str]:
+    """The form fields of a callback's query (or a redirect's fragment).
+
+    AuthorizationFailed ("the authorization <what> …") if there are too many
+    or a field repeats.
+    """
     try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=False, max_num_fields=32)
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False, max_num_fields=32)
     except ValueError:
-        raise AuthorizationFailed("the authorization callback has too many fields") from None
+        raise AuthorizationFailed(f"the authorization {what} has too many fields") from None
     fields: dict[str, str] = {}
     for key, value in pairs:
         if key in fields:
             # Two values for one field would leave us guessing which one counts.
             raise AuthorizationFailed(
-                f"the authorization callback repeats the field {clean_text(key, 40)!r}"
+                f"the authorization {what} repeats the field {clean_text(key, 40)!r}"
             )
         fields[key] = value
     return fields
 
 
-def parse_callback(query: str, expected_state: str) -> str:
-    """The authorization code from the callback's query string.
+def check_callback(
+    fields: Mapping[str, str],
+    expected_state: str,
+    *,
+    what: str = "callback",
+    flow: str = "code flow",
+) -> None:
+    """The checks every authorization callback passes before its grant is read.
 
-    Raises AuthorizationFailed when the state does not match (compared in
-    constant time), when the server sent `error=...`, or when there is no code.
+    The state first, compared in constant time: a callback that does not carry
+    our state was not sent for our request, whatever it says (StateMismatch).
+    Then the server's `error`: AuthorizationDenied for access_denied,
+    AuthorizationFailed for any other (`flow` names the login in the message
+    for unsupported_response_type).
     """
-    if len(query) > MAX_CALLBACK_QUERY:
-        raise AuthorizationFailed("the authorization callback is too long")
-    fields = _single_fields(query.removeprefix("?"))
     state = fields.get("state")
-    # The state is checked before anything else: a callback that does not
-    # carry our state was not sent for our request, whatever it says.
     if state is None or not hmac.compare_digest(
         state.encode("utf-8", "surrogatepass"), expected_state.encode("utf-8", "surrogatepass")
     ):
-        raise AuthorizationFailed(
-            "the authorization callback does not belong to this login attempt (state mismatch); "
+        raise StateMismatch(
+            f"the authorization {what} does not belong to this login attempt (state mismatch); "
             "start the login again"
         )
     error = fields.get("error")
     if error is not None:
-        code = error if _ERROR_CODE_RE.fullmatch(error) else "unknown error"
+        # A server may echo our state anywhere; no message carries it on.
+        echoed = bool(expected_state) and expected_state in error
+        code = error if not echoed and _ERROR_CODE_RE.fullmatch(error) else "unknown error"
         reason = _CALLBACK_ERRORS.get(code, "the server refused the authorization")
-        description = clean_text(fields.get("error_description", ""))
-        message = f"{reason} ({code})"
+        description = fields.get("error_description", "")
+        if expected_state:
+            description = description.replace(expected_state, "(state)")
+        description = clean_text(description)
+        message = f"{reason.format(flow=flow)} ({code})"
         if description:
             message += f": {description}"
-        raise AuthorizationFailed(message)
+        raise (AuthorizationDenied if code == "access_denied" else AuthorizationFailed)(message)
+
+
+def parse_callback(query: str, expected_state: str) -> str:
+    """The authorization code from the callback's query string.
+
+    Raises AuthorizationFailed when the state does not match (StateMismatch,
+    compared in constant time), when the server sent `error=...`
+    (AuthorizationDenied for access_denied), or when there is no code.
+    """
+    if len(query) > MAX_CALLBACK_QUERY:
+        raise AuthorizationFailed("the authorization callback is too long")
+    fields = callback_fields(query.removeprefix("?"))
+    check_callback(fields, expected_state)
     code_value = fields.get("code")
     if not code_value:
         raise AuthorizationFailed("the authorization callback carries no authorization code")
-    if len(code_value) > MAX_CODE_LENGTH or not _VSCHAR_RE.fullmatch(code_value):
+    if len(code_value) > MAX_CODE_LENGTH or not VSCHAR_RE.fullmatch(code_value):
         raise AuthorizationFailed("the authorization callback carries a malformed code")
     return code_value
 
@@ -176,7 +211,7 @@ def _token_error_code(body: bytes) -> str:
 def _token_string(value: object, key: str) -> str:
     if not isinstance(value, str) or not value:
         raise ServerError(f"the token endpoint's reply has no usable {key}")
-    if len(value) > MAX_TOKEN_LENGTH or not _VSCHAR_RE.fullmatch(value):
+    if len(value) > MAX_TOKEN_LENGTH or not VSCHAR_RE.fullmatch(value):
         raise ServerError(f"the token endpoint's reply has a malformed {key}")
     return value
 
@@ -194,7 +229,7 @@ def parse_token_response(
         code = _token_error_code(body)
         detail = f" ({code})" if code else ""
         raise AuthorizationRequired(
-            f"the server refused the authorization{detail}; run `vpnctl login <server>`"
+            f"the server refused the authorization{detail}; log in to the server again"
         )
     if status != 200:
         raise ServerError(f"the token endpoint answered with HTTP status {status}")
@@ -249,7 +284,7 @@ def tokens_from_dict(data: Mapping[str, object]) -> Tokens:
         or not isinstance(expires_at, int | float)
         or not math.isfinite(expires_at)
     ):
-        raise StorageFailed("a stored authorization is damaged; run `vpnctl login <server>`")
+        raise StorageFailed("a stored authorization is damaged; log in to the server again")
     return Tokens(
         access_token=access_token, refresh_token=refresh_token, expires_at=float(expires_at)
     )
