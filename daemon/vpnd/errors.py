@@ -91,3 +91,37 @@ class StorageFailed(VpndError):
     """The daemon's state on disk could not be read or written."""
 
     dbus_name = PREFIX + "StorageFailed"
+
+
+# --- refinements of the errors above ----------------------------------------
+# Each keeps its parent's D-Bus name, so the bus contract is unchanged; the
+# class lets the daemon tell the cases apart (retry, ask again, give up).
+
+
+class ApiCallFailed(ServerError):
+    """The server answered an API v1/v2 call with `ok: false`; the message carries its reason."""
+
+
+class AccountDisabled(ServerError):
+    """The server has disabled the user's account; only its administrators can enable it."""
+
+
+class TwoFactorRequired(ServerError):
+    """The profile needs two-factor authentication and the user has not enrolled in it."""
+
+
+class ProfileUnavailable(NotFound):
+    """The server does not (or no longer) offer the profile to this user."""
+
+
+class CertificateRejected(ServerError):
+    """A client certificate and key from the server cannot be used: unreadable, not a
+    matching pair, or outside their validity period."""
+
+
+class AuthorizationDenied(AuthorizationFailed):
+    """The user, or the server, turned the authorization request down."""
+
+
+class StateMismatch(AuthorizationFailed):
+    """An authorization redirect does not carry the state of the request it claims to answer."""
