@@ -381,6 +381,25 @@ class Manager:
             for p in profiles
         ]
 
+    async def messages(self, server: Server, locale: str) -> list[dict[str, Any]]:
+        """The server's notices (notification, motd, maintenance) in the caller's language."""
+        provider = self._family(server).provider
+        endpoints = await provider.discover(server.url)
+        languages = lang.locale_to_tags(locale)
+        messages = await self._call(
+            server, endpoints, lambda session: provider.messages(session, languages)
+        )
+        return [
+            {
+                "type": m.type,
+                "text": m.text,
+                "date_time": m.date_time,
+                "begin": m.begin or 0.0,
+                "end": m.end or 0.0,
+            }
+            for m in messages
+        ]
+
     # -- connections -------------------------------------------------------
 
     def connect(self, server: Server, profile_id: str, *, prefer_tcp: bool) -> Connection:

@@ -14,6 +14,7 @@ from tests.lab.browser import write_browser_script
 from tests.lab.netns import OpenVPNLab
 from tests.lab.pki import KeyType, LabPKI
 from tests.lab.portal import TestPortal
+from tests.lab.portal_v2 import TestPortalV2
 from tests.lab.require import missing, require_root, require_tool
 from tests.lab.systemd import SystemdWorld, python_binds
 from tests.lab.systemd import available as systemd_world_available
@@ -115,3 +116,18 @@ def unit_daemon(unit_world: UnitDaemon) -> Iterator[UnitDaemon]:
     unit_world.reset()
     assert "Traceback" not in log, log
     assert unit_world.openvpn_units() == []
+
+
+@pytest.fixture(scope="session")
+def portal_v2_session(lab_pki: LabPKI, openvpn_lab: OpenVPNLab) -> Iterator[TestPortalV2]:
+    """The API v2/v1 portal handing out profiles for `openvpn_lab`, started once per session."""
+    with TestPortalV2(lab_pki, openvpn_lab) as portal:
+        yield portal
+
+
+@pytest.fixture
+def portal_v2(portal_v2_session: TestPortalV2) -> Iterator[TestPortalV2]:
+    """The session's API v2/v1 portal with its knobs and records reset before and after."""
+    portal_v2_session.reset()
+    yield portal_v2_session
+    portal_v2_session.reset()

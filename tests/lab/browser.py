@@ -67,7 +67,11 @@ def _is_loopback_http(url: str) -> bool:
 
 
 def approve(url: str, *, ca_file: str, approve: bool = True, timeout: float = 10) -> str:
-    """Play the user's browser: GET the authorization URL (trusting ca_file), submit the Approve form, follow the 302 to the loopback callback, return the callback page's text."""
+    """Play the user's browser: GET the authorization URL (trusting ca_file), submit the Approve form, follow the 302 to the loopback callback, return the callback page's text.
+
+    A redirect with a fragment (the implicit grant of API v1) is handed on as
+    the callback page's script does: posted back to the page's path.
+    """
     context = ssl.create_default_context(cafile=ca_file)
     with httpx.Client(verify=context, timeout=timeout, trust_env=False) as portal:
         response = portal.get(url)
@@ -94,8 +98,21 @@ def approve(url: str, *, ca_file: str, approve: bool = True, timeout: float = 10
         else:
             raise BrowserError("too many redirects")
     # The callback is served by the application on the loopback, in plain HTTP.
+    # A browser never sends the fragment (the implicit grant's token is there).
+    address, _, fragment = location.partition("#")
     with httpx.Client(timeout=timeout, trust_env=False) as loopback:
-        return loopback.get(location).text
+        page = loopback.get(address)
+        if not fragment:
+            return page.text
+        # What the page's script does, played here without a JavaScript
+        # engine: post the fragment back to the page's own path.
+        if "window.location.hash" not in page.text:
+            raise BrowserError(f"the page at {address} does not read the fragment: {page.text[:200]}")
+        return loopback.post(
+            address.partition("?")[0],
+            content=fragment.encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        ).text
 
 
 def write_browser_script(

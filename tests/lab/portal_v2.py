@@ -24,6 +24,7 @@ that); `failures` (call -> error text: that call answers `ok: false`);
 issued certificate count as expired for check_certificate.
 
 Records: `requests` (method, path, lower-cased headers), `issued_common_names`,
+`issued_keys` (the private keys handed out, PEM),
 `token_grants`, `calls` (each API call's name and parameters).
 `reset()` restores knobs and records; tokens stay valid.
 """
@@ -122,6 +123,7 @@ class TestPortalV2:
     user_messages: list[dict[str, Any]]
     requests: list[tuple[str, str, dict[str, str]]]
     issued_common_names: list[str]
+    issued_keys: list[str]
     token_grants: list[str]
     calls: list[tuple[str, dict[str, str]]]
     # Read by the shared handler (tests.lab.portal); this portal serves no hostile replies.
@@ -166,6 +168,7 @@ class TestPortalV2:
             self.user_messages = []
             self.requests = []
             self.issued_common_names = []
+            self.issued_keys = []
             self.token_grants = []
             self.calls = []
             self.hostile = {}
@@ -451,7 +454,10 @@ class TestPortalV2:
             self.issued_common_names.append(common_name)
             days = self.keypair_days
             self._certificates[common_name] = _Issued(time.time() + days * 86400)
-        return self.pki.issue_client(common_name, days=days)
+        cert_pem, key_pem = self.pki.issue_client(common_name, days=days)
+        with self._state_lock:
+            self.issued_keys.append(key_pem)
+        return cert_pem, key_pem
 
     def _check_certificate(self, common_name: str) -> dict[str, Any]:
         if not common_name:

@@ -79,3 +79,61 @@ async def test_a_callback_from_the_owner_is_taken() -> None:
     assert await redirect.callback() == "code=c&state=s"
     redirect.finish(True, "ok")
     assert (await browser)[0] == 200
+
+
+async def post(port: int, path: str, body: bytes, length: int | None = None) -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    size = len(body) if length is None else length
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {size}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    head, _, text = data.decode().partition("\r\n\r\n")
+    return int(head.split(" ")[1]), text
+
+
+async def test_a_fragment_page_is_served_and_the_posted_fragment_is_the_callback() -> None:
+    redirect = LoopbackRedirect(fragment_page="<p>post the fragment</p>")
+    await redirect.open()
+    # The page may be loaded more than once (a reload); it ends nothing.
+    for _ in range(2):
+        assert await fetch(redirect.port, "/callback") == (200, "<p>post the fragment</p>")
+    browser = asyncio.create_task(post(redirect.port, "/callback", b"access_token=t&state=s"))
+    assert await redirect.callback() == "access_token=t&state=s"
+    redirect.finish(True, "logged in")
+    status, body = await browser
+    assert status == 200 and "logged in" in body
+    with pytest.raises(OSError):
+        await fetch(redirect.port, "/callback")
+
+
+@pytest.mark.parametrize(
+    ("body", "length"),
+    [(b"x" * 8193, None), (b"access_token=t", 100), (b"\xff\xfe", None)],
+    ids=["too-long", "short-body", "not-ascii"],
+)
+async def test_a_bad_posted_fragment_is_refused_and_the_listener_waits_on(
+    body: bytes, length: int | None
+) -> None:
+    redirect = LoopbackRedirect(fragment_page="page")
+    await redirect.open()
+    if length is not None:
+        # The body ends before Content-Length says: the read gives up at end of stream.
+        reader, writer = await asyncio.open_connection("127.0.0.1", redirect.port)
+        writer.write(
+            f"POST /callback HTTP/1.1\r\nContent-Length: {length}\r\n\r\n".encode() + body
+        )
+        writer.write_eof()
+        data = await reader.read()
+        writer.close()
+        assert data.startswith(b"HTTP/1.1 400")
+    else:
+        assert (await post(redirect.port, "/callback", body))[0] == 400
+    # Nothing was delivered: a good post still ends the login.
+    browser = asyncio.create_task(post(redirect.port, "/callback", b"access_token=t"))
+    assert await redirect.callback() == "access_token=t"
+    redirect.finish(True, "ok")
+    assert (await browser)[0] == 200

@@ -10,7 +10,7 @@ tests/bus and tests/e2e.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +32,7 @@ from vpnd.errors import (
 from vpnd.manager import MAX_SERVERS_PER_OWNER, Connection, Manager, Server
 from vpnd.protocols.connstate import State
 from vpnd.protocols.eduvpn import Endpoints, Profile
+from vpnd.protocols.eduvpn_v2 import Message
 from vpnd.protocols.management import ByteCountEvent, FatalEvent, StateEvent
 from vpnd.protocols.ovpnconfig import sanitize, split_key
 from vpnd.providers import Families
@@ -76,6 +77,7 @@ class FakeProvider:
     profile_list: list[Profile] = field(default_factory=list)
     obtain_error: VpndError | None = None
     expires_at: float = 2_000_000_000.0
+    message_list: list[Message] = field(default_factory=list)
     calls: list[tuple[str, str]] = field(default_factory=list)  # (what, access token)
     sessions: list[Session] = field(default_factory=list)
 
@@ -95,6 +97,10 @@ class FakeProvider:
             raise self.obtain_error
         config, key = split_key(sanitize(CONFIG))
         return Connectable("openvpn", config, key, self.expires_at)
+
+    async def messages(self, session: Session, languages: Sequence[str]) -> list[Message]:
+        self.calls.append((f"messages {','.join(languages)}", session.access_token))
+        return self.message_list
 
     async def release(self, session: Session) -> None:
         self.calls.append(("release", session.access_token))
@@ -420,6 +426,21 @@ async def test_a_refused_credential_is_published(world: World) -> None:
         await world.manager.profiles(server, "en")
     assert not server.authorized
     assert "authorized" in world.listener.changed_fields(server)
+
+
+async def test_messages_in_the_callers_language(world: World) -> None:
+    server = await world.authorized_server()
+    world.v3.message_list = [
+        Message("maintenance", "Down for an upgrade", 100.0, begin=200.0, end=300.0),
+        Message("motd", "Welcome", 50.0),
+    ]
+    got = await world.manager.messages(server, "de_DE.UTF-8")
+    assert got == [
+        {"type": "maintenance", "text": "Down for an upgrade", "date_time": 100.0,
+         "begin": 200.0, "end": 300.0},
+        {"type": "motd", "text": "Welcome", "date_time": 50.0, "begin": 0.0, "end": 0.0},
+    ]  # fmt: skip
+    assert world.v3.calls == [("messages de-DE,de", "token-1")]
 
 
 # --- connections ------------------------------------------------------------------------

@@ -1070,3 +1070,33 @@ def test_tokenize_only_raises_config_rejected(line: str) -> None:
     except ConfigRejected:
         return
     assert len(tokens) <= 16
+
+
+def _remote_lines(config: str) -> list[str]:
+    return [line for line in config.splitlines() if line.startswith("remote ")]
+
+
+def test_tcp_first_moves_tcp_remotes_ahead_and_keeps_each_groups_order() -> None:
+    from vpnd.protocols.ovpnconfig import tcp_first
+
+    text = BASE.replace(
+        "remote vpn.example.org 1194 udp\n",
+        "remote a.example.org 1194 udp\nremote b.example.org 443 tcp\n"
+        "remote c.example.org 1195\nremote d.example.org 443 tcp-client\n",
+    )
+    config = sanitize(text)
+    assert _remote_lines(tcp_first(config).render()) == [
+        "remote b.example.org 443 tcp",
+        "remote d.example.org 443 tcp-client",
+        "remote a.example.org 1194 udp",
+        "remote c.example.org 1195",
+    ]
+    # Everything else stays where it was.
+    assert [d.name for d in tcp_first(config).directives] == [d.name for d in config.directives]
+    # With `proto tcp`, a remote without its own proto counts as TCP.
+    with_proto = sanitize(text.replace("client\n", "client\nproto tcp\n", 1))
+    assert _remote_lines(tcp_first(with_proto).render())[:3] == [
+        "remote b.example.org 443 tcp",
+        "remote c.example.org 1195",
+        "remote d.example.org 443 tcp-client",
+    ]

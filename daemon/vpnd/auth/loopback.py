@@ -4,6 +4,11 @@ The user's browser is sent to http://127.0.0.1:{port}/callback by the
 authorization server. We answer that one request (after the daemon knows
 whether the authorization worked, so the page can say so) and stop listening.
 Other paths (a browser asking for /favicon.ico) get 404 and do not end it.
+
+In the implicit grant (API v1) the token is in the redirect's fragment,
+which a browser never sends. There `GET /callback` is answered with a page
+whose script posts the fragment back as the body of `POST /callback`, and
+that POST is the one callback.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from vpnd.auth.peer import MAX_TABLE, socket_owner
 log = logging.getLogger("vpnd.auth")
 
 _MAX_HEAD = 8192
+# A posted fragment holds a token, a state and a few short fields.
+_MAX_BODY = 8192
 # /proc/self/net stays readable where the unit hides the rest of /proc (ProcSubset=pid).
 _TCP_TABLE = Path("/proc/self/net/tcp")
 _HEAD_TIMEOUT = 10.0
@@ -31,11 +38,17 @@ class LoopbackRedirect:
     """Serves `/callback` once on 127.0.0.1 and an ephemeral port."""
 
     def __init__(
-        self, browser_uids: frozenset[int] | None = None, tcp_table: Path = _TCP_TABLE
+        self,
+        browser_uids: frozenset[int] | None = None,
+        tcp_table: Path = _TCP_TABLE,
+        *,
+        fragment_page: str | None = None,
     ) -> None:
+        """`fragment_page`: the page that posts the fragment back (implicit grant), or None."""
         # Only a browser of these users may deliver the callback: another local
         # user could otherwise end someone's login with a forged one.
         self._browser_uids = browser_uids
+        self._fragment_page = fragment_page
         self._tcp_table = tcp_table
         self._server: asyncio.Server | None = None
         self._query: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -53,7 +66,8 @@ class LoopbackRedirect:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def callback(self) -> str:
-        """The query string of the first /callback request."""
+        """The query string of the first /callback request (the posted fragment, with a
+        fragment page)."""
         return await asyncio.shield(self._query)
 
     def finish(self, ok: bool, message: str) -> None:
@@ -82,13 +96,24 @@ class LoopbackRedirect:
             return
         request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
         parts = request_line.split(" ")
-        if len(parts) != 3 or parts[0] != "GET":
+        allowed = ("GET", "POST") if self._fragment_page is not None else ("GET",)
+        if len(parts) != 3 or parts[0] not in allowed:
             await _reply(writer, 405, "Method not allowed", "")
             return
         path, _, query = parts[1].partition("?")
         if path != "/callback":
             await _reply(writer, 404, "Not found", "")
             return
+        if self._fragment_page is not None:
+            if parts[0] == "GET":
+                # The page holds nothing secret; the token stays in the browser until posted.
+                await _send(writer, 200, "OK", self._fragment_page.encode())
+                return
+            posted = await _read_body(reader, head)
+            if posted is None:
+                await _reply(writer, 400, "Bad request", "The login could not be read.")
+                return
+            query = posted
         if self._query.done():
             await _reply(writer, 410, "Already used", "This authorization link was already used.")
             return
@@ -119,8 +144,29 @@ class LoopbackRedirect:
         return uid in self._browser_uids
 
 
+async def _read_body(reader: asyncio.StreamReader, head: bytes) -> str | None:
+    """A POST's body (at most _MAX_BODY bytes of ASCII, as Content-Length says), or None."""
+    length = None
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = value.strip()
+    if length is None or not length.isdigit() or int(length) > _MAX_BODY:
+        return None
+    try:
+        async with asyncio.timeout(_HEAD_TIMEOUT):
+            body = await reader.readexactly(int(length))
+        return body.decode("ascii")
+    except (TimeoutError, asyncio.IncompleteReadError, OSError, UnicodeDecodeError):
+        return None
+
+
 async def _reply(writer: asyncio.StreamWriter, status: int, title: str, text: str) -> None:
     body = _PAGE.format(title=html.escape(title), text=html.escape(text)).encode()
+    await _send(writer, status, title, body)
+
+
+async def _send(writer: asyncio.StreamWriter, status: int, title: str, body: bytes) -> None:
     head = (
         f"HTTP/1.1 {status} {title}\r\nContent-Type: text/html; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"

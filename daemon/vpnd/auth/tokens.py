@@ -32,7 +32,11 @@ _EXPIRY_MARGIN = 30.0
 class TokenKeeper:
     """Calls the API with a server's saved tokens, refreshing them as needed."""
 
-    def __init__(self, secrets: SecretStore, client_id: str, request: TokenRequest) -> None:
+    def __init__(
+        self, secrets: SecretStore, client_id: str, request: TokenRequest | None
+    ) -> None:
+        """`request` reaches the token endpoint; None where there is none (API v1),
+        so that expired or refused tokens mean logging in again."""
         self._secrets = secrets
         self._client_id = client_id
         self._request = request
@@ -94,6 +98,11 @@ class TokenKeeper:
         endpoints: Endpoints,
         tokens: Tokens,
     ) -> Tokens:
+        if self._request is None or not tokens.refresh_token:
+            self.forget(owner, server_id)
+            raise AuthorizationRequired(
+                f"the authorization for {server_label} has expired; log in to it again"
+            )
         try:
             fresh = await self._request(
                 endpoints,

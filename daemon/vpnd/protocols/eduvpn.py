@@ -58,12 +58,16 @@ MAX_LIST_ITEM = 253
 
 @dataclass(frozen=True)
 class Endpoints:
-    """Where a v3 server's API and OAuth endpoints are."""
+    """Where a server's API and OAuth endpoints are.
+
+    API v3 and v2 name one API base; API v1 names each call's URL in `calls`
+    and has no token endpoint ("")."""
 
     api_endpoint: str
     authorization_endpoint: str
     token_endpoint: str
     server_version: str = ""
+    calls: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -104,12 +104,16 @@ class V1Endpoints:
 # --- discovery ----------------------------------------------------------------
 
 
+class NotApiV1(ServerError):
+    """info.json is readable but is not an API v1 document (another generation may fit)."""
+
+
 def parse_info_json(body: bytes, document_url: str) -> V1Endpoints:
     """Read an API v1 info.json (`"version": 1`).
 
     Relative URLs are resolved against `document_url` (where the document was
-    finally read from); every URL must end up https. ServerError when the
-    document is not for API v1, or lacks the authorization endpoint,
+    finally read from); every URL must end up https. NotApiV1 when the
+    document is not for API v1; ServerError when it lacks the authorization endpoint,
     create_config or profile_list.
     """
     doc = load_json(body)
@@ -120,11 +124,11 @@ def parse_info_json(body: bytes, document_url: str) -> V1Endpoints:
         if version == 2 and not isinstance(version, bool):
             # Spec 003's "version": 2 document names no token endpoint, so
             # its code flow cannot be finished.
-            raise ServerError(
+            raise NotApiV1(
                 "the server describes an early form of eduVPN API v2 without a token"
                 " endpoint, which vpnd cannot log in to"
             )
-        raise ServerError('the server\'s info.json does not describe eduVPN API v1 ("version": 1)')
+        raise NotApiV1('the server\'s info.json does not describe eduVPN API v1 ("version": 1)')
     api = doc.get("api")
     if not isinstance(api, dict):
         raise ServerError('the server\'s info.json has no "api" map')

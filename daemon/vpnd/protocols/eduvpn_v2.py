@@ -216,6 +216,10 @@ _REASON_TEXT: dict[str, str] = {
 # --- discovery ----------------------------------------------------------------
 
 
+class NotApiV2(ServerError):
+    """info.json is readable but announces no API v2 (another generation may fit)."""
+
+
 def info_json_url(base_url: str) -> str:
     """`{base}/info.json`, where API v1 and v2 servers describe themselves."""
     if not base_url.endswith("/"):
@@ -229,8 +233,8 @@ def parse_info_json(body: bytes, document_url: str) -> Endpoints:
 
     `document_url` is where the document was finally read from (after
     redirects); relative endpoints are resolved against it. Every endpoint must
-    end up https. ServerError when the document offers no API v2 or an entry
-    is missing or malformed.
+    end up https. NotApiV2 when the document offers no API v2; ServerError
+    when an entry is missing or malformed.
     """
     doc = load_json(body)
     if not isinstance(doc, dict):
@@ -241,8 +245,8 @@ def parse_info_json(body: bytes, document_url: str) -> Endpoints:
     entry = api.get(API_V2)
     if entry is None:
         if doc.get("version") == 1:
-            raise ServerError("the server speaks eduVPN API v1, not API v2")
-        raise ServerError("the server does not offer eduVPN API v2")
+            raise NotApiV2("the server speaks eduVPN API v1, not API v2")
+        raise NotApiV2("the server does not offer eduVPN API v2")
     if not isinstance(entry, dict):
         raise ServerError("the server's API v2 entry is not a JSON object")
     version = doc.get("v")

@@ -540,14 +540,20 @@ DEFAULT_PORT = 1194
 DEFAULT_PROTO = "udp"
 
 
-def remotes(config: SanitizedConfig) -> list[tuple[str, int, str]]:
-    """The config's remotes as (host, port, proto), in order, with openvpn's
-    defaults filled in: port 1194, and the `proto` directive (last one wins,
-    as in openvpn) or udp. proto is returned as written (e.g. `tcp-client`)."""
+def _default_proto(config: SanitizedConfig) -> str:
+    """The `proto` directive's value (the last one wins, as in openvpn), or udp."""
     default_proto = DEFAULT_PROTO
     for directive in config.directives:
         if directive.name == "proto" and directive.inline is None and directive.args:
             default_proto = directive.args[0]
+    return default_proto
+
+
+def remotes(config: SanitizedConfig) -> list[tuple[str, int, str]]:
+    """The config's remotes as (host, port, proto), in order, with openvpn's
+    defaults filled in: port 1194, and the `proto` directive (last one wins,
+    as in openvpn) or udp. proto is returned as written (e.g. `tcp-client`)."""
+    default_proto = _default_proto(config)
     found: list[tuple[str, int, str]] = []
     for directive in config.directives:
         if directive.name != "remote" or directive.inline is not None or not directive.args:
@@ -584,3 +590,24 @@ def split_key(config: SanitizedConfig) -> tuple[SanitizedConfig, bytes | None]:
     openvpn gets the config and signs through vpnd, which keeps the key."""
     key = inline_block(config, "key")
     return without(config, "key"), key.encode() if key is not None else None
+
+
+
+def tcp_first(config: SanitizedConfig) -> SanitizedConfig:
+    """The config with its TCP remotes tried before the others (each group in its order).
+
+    For a user who asked for TCP, as on networks that block UDP, with a
+    server that offers both but cannot order them itself (API v2, v1)."""
+    default_proto = _default_proto(config)
+
+    def is_remote(d: Directive) -> bool:
+        return d.name == "remote" and d.inline is None and bool(d.args)
+
+    def is_udp(d: Directive) -> bool:
+        return not (d.args[2] if len(d.args) >= 3 else default_proto).startswith("tcp")
+
+    ordered = iter(sorted((d for d in config.directives if is_remote(d)), key=is_udp))
+    return SanitizedConfig(
+        directives=tuple(next(ordered) if is_remote(d) else d for d in config.directives),
+        dropped=config.dropped,
+    )

@@ -50,10 +50,18 @@ class Families:
 
 def default_families(http: HttpClient, secrets: SecretStore, settings: Settings) -> Families:
     """Every family this daemon speaks, newest API first."""
+    from vpnd.auth.implicit import ImplicitLogin
     from vpnd.auth.oauth_code import OAuthCodeLogin
+    from vpnd.providers.eduvpn_v1 import EduVPNv1Provider
+    from vpnd.providers.eduvpn_v2 import EduVPNv2Provider
     from vpnd.providers.eduvpn_v3 import EduVPNv3Provider
 
-    code_login = OAuthCodeLogin(
-        http, secrets, settings.client_id, settings.authorization_timeout
+    timeout = settings.authorization_timeout
+    code_login = OAuthCodeLogin(http, secrets, settings.client_id, timeout)
+    return Families(
+        [
+            Family(EduVPNv3Provider(http), code_login),
+            Family(EduVPNv2Provider(http), code_login),
+            Family(EduVPNv1Provider(http), ImplicitLogin(secrets, settings.client_id, timeout)),
+        ]
     )
-    return Families([Family(EduVPNv3Provider(http), code_login)])

@@ -8,16 +8,34 @@ profiles and a connectable configuration, and the login for a credential.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from vpnd.errors import ServerError
+from vpnd.errors import AuthorizationRequired, ServerError
 from vpnd.protocols.eduvpn import Endpoints, Profile
+from vpnd.protocols.eduvpn_v2 import Message
 from vpnd.protocols.ovpnconfig import SanitizedConfig
 from vpnd.store.store import ServerRecord
 
 T = TypeVar("T")
+
+
+async def all_of(*calls: Awaitable[Any]) -> list[Any]:
+    """Await independent calls together; raise the first failure once all have ended.
+
+    Every call runs to its end, so no failure goes unretrieved. A refused
+    credential wins over other failures: the login then renews it and the
+    provider's caller tries the whole step again."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    for failure in failures:
+        if isinstance(failure, AuthorizationRequired):
+            raise failure
+    if failures:
+        raise failures[0]
+    return results
 
 
 class NotThisFamily(ServerError):
@@ -81,6 +99,10 @@ class Provider(Protocol):
 
     async def obtain(self, session: Session, profile_id: str, *, prefer_tcp: bool) -> Connectable:
         """A configuration for a profile that a tunnel can start from."""
+        ...
+
+    async def messages(self, session: Session, languages: Sequence[str]) -> list[Message]:
+        """The server's notices for everyone and for this user, in `languages` where it can."""
         ...
 
     async def release(self, session: Session) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from vpnd.errors import ServerError
 from vpnd.http import HttpClient, Response
 from vpnd.protocols import eduvpn, ovpnconfig
 from vpnd.protocols.eduvpn import Endpoints, Profile
+from vpnd.protocols.eduvpn_v2 import Message
 from vpnd.providers.base import Connectable, NotThisFamily, Session
 
 log = logging.getLogger("vpnd.providers")
@@ -64,6 +66,10 @@ class EduVPNv3Provider:
             )
         config, key = ovpnconfig.split_key(ovpnconfig.sanitize(issued.text))
         return Connectable(issued.protocol, config, key, issued.expires_at)
+
+    async def messages(self, session: Session, languages: Sequence[str]) -> list[Message]:
+        """API v3 has no messages."""
+        return []
 
     async def release(self, session: Session) -> None:
         """POST /disconnect."""

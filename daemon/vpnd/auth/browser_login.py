@@ -1,0 +1,69 @@
+"""A login in the user's browser, from the authorization URL to saved tokens.
+
+Both browser flows (code with PKCE for API v2/v3, implicit for API v1) end
+the same way: wait for the loopback redirect within the authorization
+timeout, turn what the browser brought into tokens, keep them, and tell the
+browser's page how it went. Only the middle step differs: `grant`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from vpnd.auth.loopback import LoopbackRedirect
+from vpnd.auth.tokens import TokenKeeper
+from vpnd.errors import AuthorizationFailed, VpndError
+from vpnd.protocols.oauth import Tokens
+from vpnd.store.store import ServerRecord, host_of
+
+# What the browser delivered (a query or a fragment) -> the server's tokens.
+Grant = Callable[[str], Awaitable[Tokens]]
+
+
+class BrowserAuthorization:
+    """One login in progress, waiting for the user's browser."""
+
+    def __init__(
+        self,
+        url: str,
+        redirect: LoopbackRedirect,
+        record: ServerRecord,
+        tokens: TokenKeeper,
+        timeout: float,
+        grant: Grant,
+    ) -> None:
+        self.url = url
+        self._redirect = redirect
+        self._record = record
+        self._tokens = tokens
+        self._timeout = timeout
+        self._grant = grant
+
+    async def complete(self) -> None:
+        """Wait for the browser, obtain the tokens and keep them; raises VpndError."""
+        host = host_of(self._record)
+        try:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    answer = await self._redirect.callback()
+            except TimeoutError:
+                raise AuthorizationFailed(
+                    f"the browser did not come back within {self._timeout:g} seconds;"
+                    f" log in to {host} again"
+                ) from None
+            tokens = await self._grant(answer)
+            self._tokens.save(self._record.owner, self._record.server_id, tokens)
+        except Exception as exc:
+            # The browser's page says it failed; the manager reports why to the caller.
+            self._redirect.finish(
+                False, exc.message if isinstance(exc, VpndError) else "The authorization failed."
+            )
+            raise
+        self._redirect.finish(
+            True, f"vpnd is now authorized for {host}. You can close this window."
+        )
+
+    def close(self) -> None:
+        """Stop listening (idempotent)."""
+        self._redirect.close()
