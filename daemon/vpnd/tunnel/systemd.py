@@ -26,6 +26,7 @@ from typing import Any
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from vpnd.bus.transport import PatientMessageBus
 from vpnd.errors import TunnelFailed
 from vpnd.tunnel import unit
 from vpnd.tunnel.process import OpenVPNProcess, send_and_close
@@ -149,7 +150,8 @@ class SystemdLauncher:
             if self._bus is not None and self._bus.connected:
                 return self._bus
             try:
-                bus = await MessageBus(
+                # Patient: a full socket (EAGAIN) must not drop the units' watch.
+                bus = await PatientMessageBus(
                     bus_address=self._bus_address,
                     bus_type=BusType.SYSTEM,
                     negotiate_unix_fd=True,
