@@ -57,6 +57,11 @@ _NO_ANSWER_ERRORS = frozenset(
     }
 )
 
+# vpnd refuses a call past its limit of calls in flight per bus connection
+# rather than queue it; the caller may simply try again.
+_LIMITS_EXCEEDED = "org.freedesktop.DBus.Error.LimitsExceeded"
+LIMITS_MESSAGE = "vpnd is busy with other calls from this connection; try again"
+
 _DENIED_MESSAGE = (
     "permission denied: the system's D-Bus or polkit policy does not let you do this "
     "(ask an administrator)"
@@ -175,6 +180,8 @@ def _describe_bus_error(name: str, message: str) -> tuple[int, str]:
         return EXIT_UNREACHABLE, UNREACHABLE_MESSAGE
     if name in _NO_ANSWER_ERRORS:
         return EXIT_UNREACHABLE, NO_ANSWER_MESSAGE
+    if name == _LIMITS_EXCEEDED:
+        return EXIT_FAILURE, LIMITS_MESSAGE
     if name in _DENIED_ERRORS:
         return EXIT_DENIED, _DENIED_MESSAGE
     if name in _MISMATCH_ERRORS:

@@ -16,6 +16,10 @@ from vpnd import __version__, config
 from vpnd.errors import VpndError
 
 if TYPE_CHECKING:
+    from dbus_fast import RequestNameReply
+    from dbus_fast.aio import MessageBus
+
+    from vpnd.bus.objects import BusFrontend
     from vpnd.tunnel.process import Launcher
 
 log = logging.getLogger("vpnd")
@@ -110,11 +114,111 @@ def _prepare_runtime_dir(path: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
+# Waits between attempts to get back on the bus: short at first (a bus
+# daemon restart takes a moment), then at most this, for as long as it takes.
+_RECONNECT_FIRST = 0.1
+_RECONNECT_MAX = 5.0
+# A bus daemon that accepts a connection but never answers must not hold a
+# reconnect attempt forever.
+_CONNECT_TIMEOUT = 10.0
+
+
+async def _reconnect(stop: asyncio.Event) -> MessageBus | None:
+    """A new connection to the system bus, trying with bounded backoff; None once stopping."""
+    from vpnd.bus import transport
+
+    delay = _RECONNECT_FIRST
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await transport.connect(timeout=_CONNECT_TIMEOUT)
+        except transport.UnsupportedDbusFast:
+            raise
+        except Exception as exc:
+            # Refused, no socket yet, authentication failed or timed out: later.
+            (log.warning if attempt == 1 else log.debug)(
+                "cannot reconnect to the system bus yet (%s); trying again in %.1f s",
+                str(exc) or type(exc).__name__,
+                delay,
+            )
+        try:
+            # Waiting out the backoff, unless SIGTERM/SIGINT come first.
+            async with asyncio.timeout(delay):
+                await stop.wait()
+            return None
+        except TimeoutError:
+            pass
+        delay = min(delay * 2, _RECONNECT_MAX)
+
+
+async def _take_name(bus: MessageBus) -> RequestNameReply:
+    from dbus_fast import RequestNameReply
+
+    reply = await bus.request_name(BUS_NAME)
+    if reply is RequestNameReply.IN_QUEUE:
+        log.error("%s is owned by another process; vpnd gets it when that process leaves", BUS_NAME)
+    return reply
+
+
+async def _stay_on_bus(
+    bus: MessageBus,
+    bus_id: str,
+    frontend: BusFrontend,
+    stop: asyncio.Event,
+    notify: Callable[[str], None],
+) -> MessageBus | None:
+    """Serve until `stop` is set, reconnecting whenever the bus connection is lost.
+
+    Losing the bus (a bus daemon restart, a connection it dropped) never
+    stops vpnd or touches a tunnel: the manager keeps running, and once back
+    vpnd owns its name again and serves the same objects with their current
+    state. Returns the connection in use when stopping (None if off the bus).
+    """
+    from vpnd.bus import transport
+
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        while True:
+            lost = asyncio.ensure_future(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
+            await asyncio.wait({lost, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                lost.cancel()
+                return bus
+            reason = lost.exception() if not lost.cancelled() else None
+            log.warning(
+                "lost the system bus connection (%s); the VPN stays as it is while vpnd reconnects",
+                reason or "closed",
+            )
+            notify("STATUS=Reconnecting to the system bus")
+            new_bus = await _reconnect(stop)
+            if new_bus is None:
+                return None
+            try:
+                new_id = await transport.bus_id(new_bus)
+            except Exception as exc:
+                # Then it counts as another daemon: vpnd forgets who its callers were.
+                log.warning("cannot ask the bus for its id: %s", exc)
+                new_id = ""
+            frontend.rebind(new_bus, same_daemon=bool(bus_id) and new_id == bus_id)
+            bus, bus_id = new_bus, new_id
+            try:
+                await _take_name(bus)
+            except Exception as exc:
+                # A connection that died again is noticed at the top of the loop.
+                log.error("cannot own %s again: %s", BUS_NAME, exc)
+                continue
+            notify("STATUS=Serving on the system bus")
+            log.info("back on the system bus as %s", BUS_NAME)
+    finally:
+        stopping.cancel()
+
+
 async def run(settings: config.Settings) -> int:
     """Serve on the system bus until SIGTERM/SIGINT; return the exit status."""
-    from dbus_fast import BusType, RequestNameReply
-    from dbus_fast.aio import MessageBus
+    from dbus_fast import RequestNameReply
 
+    from vpnd.bus import transport
     from vpnd.bus.objects import BusFrontend
     from vpnd.http import HttpClient
     from vpnd.manager import Manager
@@ -146,10 +250,15 @@ async def run(settings: config.Settings) -> int:
         return Tunnel(name, text, tunnel_settings, on_event, private_key=key)
 
     try:
-        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+        bus: MessageBus | None = await transport.connect()
+    except transport.UnsupportedDbusFast as exc:
+        log.error("%s", exc)
+        return 1
     except (OSError, ValueError) as exc:
         log.error("cannot connect to the system bus: %s", exc)
         return 1
+    assert bus is not None
+    bus_id = await transport.bus_id(bus)
     frontend = BusFrontend(bus)
     families = default_families(http, store.secrets, settings)
     manager = Manager(settings, store, families, new_tunnel, frontend)
@@ -165,12 +274,14 @@ async def run(settings: config.Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    disconnected = asyncio.ensure_future(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
-    disconnected.add_done_callback(lambda _f: stop.set())
 
     notify("READY=1\nSTATUS=Serving on the system bus")
     log.info("vpnd %s ready on the system bus as %s", __version__, BUS_NAME)
-    await stop.wait()
+    try:
+        bus = await _stay_on_bus(bus, bus_id, frontend, stop, notify)
+    except transport.UnsupportedDbusFast as exc:
+        log.error("%s", exc)
+        bus = None
 
     notify("STOPPING=1")
     log.info("stopping")
@@ -180,9 +291,9 @@ async def run(settings: config.Settings) -> int:
     except TimeoutError:
         log.error("shutting down took too long; exiting anyway")
     await http.aclose()
-    if not disconnected.done():
+    if bus is not None and bus.connected:
+        frontend.router.flush()
         bus.disconnect()
-        disconnected.cancel()
     return 0
 
 

@@ -123,6 +123,10 @@ def _stop_process(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait()
 
 
+def _without_guid(address: str | None) -> str:
+    return ",".join(p for p in (address or "").split(",") if not p.startswith("guid="))
+
+
 def _tail(path: Path, limit: int = 4000) -> str:
     try:
         return path.read_text(errors="replace")[-limit:]
@@ -164,6 +168,7 @@ class PrivateSystemBus:
         self._address: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._polkitd: subprocess.Popen[bytes] | None = None
+        self._polkit_rules: str | None = None
         self._logs: list[IO[bytes]] = []
 
     # -- life cycle -------------------------------------------------------
@@ -199,7 +204,34 @@ class PrivateSystemBus:
         self.config_path.write_text(
             self._config(self._socket_dir / "system_bus_socket", service_dir)
         )
+        self._launch()
+        return self
 
+    def restart(self) -> None:
+        """Stop dbus-daemon and start a new one at the same address, as a bus restart does.
+
+        Every connection is dropped; the new daemon hands out unique names
+        from the start again. polkitd, if it ran, is started again with the
+        same rules (it does not survive its bus).
+        """
+        if self._proc is None or self._socket_dir is None:
+            raise BusError("the private bus is not running")
+        rules = self._polkit_rules
+        _stop_process(self._polkitd)
+        self._polkitd = None
+        _stop_process(self._proc)
+        self._proc = None
+        # dbus-daemon does not take over a socket path that still exists.
+        (self._socket_dir / "system_bus_socket").unlink(missing_ok=True)
+        before = self._address
+        self._launch()
+        # The same socket; only the guid (one per daemon instance) differs.
+        if _without_guid(self._address) != _without_guid(before):
+            raise BusError(f"the restarted bus listens at {self._address}, not {before}")
+        if rules is not None:
+            self.start_polkitd(rules=rules)
+
+    def _launch(self) -> None:
         read_fd, write_fd = os.pipe()
         log = self.log_path.open("ab")
         self._logs.append(log)
@@ -232,7 +264,6 @@ class PrivateSystemBus:
             raise
         finally:
             os.close(read_fd)
-        return self
 
     def _read_address(self, fd: int) -> str:
         deadline = time.monotonic() + _START_TIMEOUT
@@ -254,6 +285,7 @@ class PrivateSystemBus:
         """Stop polkitd (if started) and the bus, and remove the socket directory."""
         _stop_process(self._polkitd)
         self._polkitd = None
+        self._polkit_rules = None
         _stop_process(self._proc)
         self._proc = None
         self._address = None
@@ -430,6 +462,7 @@ class PrivateSystemBus:
             stderr=log,
             env=self.env(),
         )
+        self._polkit_rules = rules
         try:
             self.wait_for_name(POLKIT_BUS_NAME, process=self._polkitd)
         except BusError as exc:
@@ -441,3 +474,4 @@ class PrivateSystemBus:
         """Stop polkitd if `start_polkitd()` started it."""
         _stop_process(self._polkitd)
         self._polkitd = None
+        self._polkit_rules = None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pytest
@@ -12,7 +14,8 @@ from vpnd.bus import polkit, spec
 from vpnd.bus.access import Gate
 from vpnd.bus.caller import Call, Callers
 from vpnd.bus.polkit import Decision
-from vpnd.bus.router import BusObject, Router
+from vpnd.bus.router import MAX_CALLS_IN_FLIGHT, BusObject, Router
+from vpnd.errors import NotAuthorized
 
 ALICE, BOB = 1000, 1001
 PATH = spec.SERVERS_PATH + "/0123456789abcdef"
@@ -20,6 +23,8 @@ PATH = spec.SERVERS_PATH + "/0123456789abcdef"
 
 class FakeBus:
     """Knows each sender's UID, collects what the router sends, hands it messages."""
+
+    connected = True
 
     def __init__(self, uids: dict[str, int]) -> None:
         self.uids = uids
@@ -206,6 +211,8 @@ async def test_signals_are_addressed_to_those_who_may_read_never_broadcast(
     bus.sent.clear()
     router.emit(thing, "AuthorizationFinished", [True, "", ""], owner=ALICE)
     router.emit_properties_changed(thing, {"Authorized": True}, owner=ALICE)
+    assert bus.sent == []  # at the end of this loop iteration
+    router.flush()
     assert {(m.destination, m.member) for m in bus.sent} == {
         (":1.1", "AuthorizationFinished"),
         (":1.3", "AuthorizationFinished"),
@@ -214,3 +221,163 @@ async def test_signals_are_addressed_to_those_who_may_read_never_broadcast(
     }
     assert all(m.message_type is MessageType.SIGNAL for m in bus.sent)
     assert all(m.flags & MessageFlag.NO_REPLY_EXPECTED for m in bus.sent)
+
+
+class Slow(BusObject):
+    """A server-like object whose Authorize waits until the test lets it answer."""
+
+    interface: ClassVar[spec.Interface] = spec.SERVER
+
+    def __init__(self, gate: Gate) -> None:
+        super().__init__(PATH + "0")
+        self._gate = gate
+        self.release = asyncio.Event()
+        self.started = 0
+
+    @property
+    def owner(self) -> int:
+        return ALICE
+
+    async def Authorize(self, call: Call) -> str:
+        await self._gate.require(call, self.owner, polkit.MANAGE_OWN_SERVERS)
+        self.started += 1
+        await self.release.wait()
+        return "https://portal.example.org/authorize"
+
+    async def properties(self, call: Call) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+async def _yield_until(condition: Callable[[], bool]) -> None:
+    """Let the loop run until `condition` holds (a bounded number of turns, no clock)."""
+    for _turn in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
+def _call(sender: str, serial: int, *, path: str, flags: MessageFlag = MessageFlag.NONE) -> Message:
+    return Message(
+        path=path,
+        interface=spec.SERVER1,
+        member="Authorize",
+        sender=sender,
+        serial=serial,
+        flags=flags,
+    )
+
+
+async def test_a_caller_past_its_limit_gets_limits_exceeded_and_others_are_still_served(
+    setup: tuple[FakeBus, Router, Thing],
+) -> None:
+    bus, router, thing = setup
+    slow = Slow(router._gate)
+    router.add(slow)
+    [handler] = bus.handlers
+    over = 3
+    for serial in range(1, MAX_CALLS_IN_FLIGHT + over + 1):
+        assert handler(_call(":1.1", serial, path=slow.path)) is True
+    # One more that wants no reply: refused without a word.
+    assert handler(_call(":1.1", 999, path=slow.path, flags=MessageFlag.NO_REPLY_EXPECTED))
+    # The calls past the limit are answered at once, before any task ran.
+    refused = [m for m in bus.sent if m.message_type is MessageType.ERROR]
+    assert [m.reply_serial for m in refused] == list(
+        range(MAX_CALLS_IN_FLIGHT + 1, MAX_CALLS_IN_FLIGHT + over + 1)
+    )
+    assert {m.error_name for m in refused} == {"org.freedesktop.DBus.Error.LimitsExceeded"}
+    assert "wait for their answers" in refused[0].body[0]
+    assert router.in_flight(":1.1") == MAX_CALLS_IN_FLIGHT
+
+    # Another connection (root's) is not held back by Alice's flood.
+    assert handler(_call(":1.3", 500, path=PATH))
+    await _yield_until(lambda: any(m.reply_serial == 500 for m in bus.sent))
+    [reply] = [m for m in bus.sent if m.reply_serial == 500]
+    assert reply.body == ["https://portal.example.org/authorize"]
+    assert thing.authorized == 1
+
+    slow.release.set()
+    await router.settle()
+    answered = [m for m in bus.sent if m.message_type is MessageType.METHOD_RETURN]
+    assert {m.reply_serial for m in answered} >= set(range(1, MAX_CALLS_IN_FLIGHT + 1))
+    assert slow.started == MAX_CALLS_IN_FLIGHT
+    assert router.in_flight(":1.1") == 0
+    # Once answered, the caller may call again.
+    reply = await ask(bus, router, ":1.1", spec.SERVER1, "Authorize")
+    assert reply is not None and reply.message_type is MessageType.METHOD_RETURN
+
+
+async def test_property_changes_in_one_loop_iteration_reach_each_reader_merged_and_in_order(
+    setup: tuple[FakeBus, Router, Thing],
+) -> None:
+    bus, router, thing = setup
+    for sender in (":1.1", ":1.2"):
+        await ask(bus, router, sender, spec.PROPERTIES, "Get", "ss", [spec.SERVER1, "Host"])
+    bus.sent.clear()
+    for value in range(100):
+        router.emit_properties_changed(thing, {"SessionExpiry": value}, owner=ALICE)
+    router.emit_properties_changed(thing, {"Authorized": False}, owner=ALICE)
+    router.emit(thing, "AuthorizationFinished", [False, "org.vpnd.Error.Failed", "x"], owner=ALICE)
+    router.emit_properties_changed(thing, {"Authorized": True}, owner=ALICE)
+    assert bus.sent == []
+    await asyncio.sleep(0)  # the end of the iteration: sent without anyone asking
+    # Bob may not read Alice's server: nothing for him.
+    assert {m.destination for m in bus.sent} == {":1.1"}
+    assert [m.member for m in bus.sent] == [
+        "PropertiesChanged",
+        "AuthorizationFinished",
+        "PropertiesChanged",
+    ]
+    first, _finished, last = bus.sent
+    assert {k: v.value for k, v in first.body[1].items()} == {
+        "SessionExpiry": 99,
+        "Authorized": False,
+    }
+    # A change after another signal is not moved before it.
+    assert {k: v.value for k, v in last.body[1].items()} == {"Authorized": True}
+    bus.sent.clear()
+    router.flush()
+    assert bus.sent == []
+
+
+async def test_after_a_new_bus_daemon_names_are_forgotten_and_calls_in_flight_are_not_trusted(
+    setup: tuple[FakeBus, Router, Thing],
+) -> None:
+    bus, router, _thing = setup
+    callers: Callers = router._callers
+    old = await callers.identify(Message(path="/", member="X", sender=":1.1", serial=1))
+    assert callers.known(":1.1") and callers.current(old)
+
+    # The same daemon again: the names still mean who they meant.
+    callers.rebind(bus, same_daemon=True)  # type: ignore[arg-type]
+    assert callers.known(":1.1") and not callers.current(old)
+    with pytest.raises(NotAuthorized, match="reconnected"):
+        # polkit would be asked about ":1.1" on the new connection.
+        await router._gate.require(old, ALICE, polkit.CONNECT)
+
+    new_bus = FakeBus({":1.1": BOB})
+    callers.rebind(new_bus, same_daemon=False)  # type: ignore[arg-type]
+    assert not callers.known(":1.1")
+    assert callers.recipients(ALICE) == []
+    assert (await callers.identify(Message(path="/", member="X", sender=":1.1"))).uid == BOB
+
+
+async def test_a_call_answers_on_the_connection_it_came_from(
+    setup: tuple[FakeBus, Router, Thing],
+) -> None:
+    bus, router, _thing = setup
+    slow = Slow(router._gate)
+    router.add(slow)
+    [handler] = bus.handlers
+    handler(_call(":1.1", 5, path=slow.path))
+    await _yield_until(lambda: slow.started == 1)
+    new_bus = FakeBus({":1.1": BOB})
+    router._callers.rebind(new_bus, same_daemon=False)  # type: ignore[arg-type]
+    router.rebind(new_bus)  # type: ignore[arg-type]
+    assert len(new_bus.handlers) == 2  # the callers' and the router's
+    bus.connected = False  # type: ignore[misc]
+    slow.release.set()
+    await router.settle()
+    # The old connection is gone and the new one's ":1.1" is someone else: no reply anywhere.
+    assert [m for m in bus.sent if m.reply_serial == 5] == []
+    assert [m for m in new_bus.sent if m.reply_serial == 5] == []

@@ -623,6 +623,13 @@ def test_describe_is_always_one_prefixed_line(name: str, message: str) -> None:
     assert "\n" not in line and "\r" not in line
 
 
+def test_a_call_past_vpnds_limit_says_to_try_again() -> None:
+    code, line = errors.describe(
+        errors.BusError("org.freedesktop.DBus.Error.LimitsExceeded", "16 calls waiting")
+    )
+    assert (code, line) == (1, "vpnctl: " + errors.LIMITS_MESSAGE)
+
+
 def test_named_error_accepts_short_and_empty_names() -> None:
     assert errors.named_error("TunnelFailed", "x").name == "org.vpnd.Error.TunnelFailed"
     assert errors.named_error("org.vpnd.Error.Busy", "x").name == "org.vpnd.Error.Busy"

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from vpnd.bus import polkit
-from vpnd.bus.caller import ROOT_UID, SYSTEM_OWNER, Call, Callers
+from vpnd.bus.caller import RENEWED, ROOT_UID, SYSTEM_OWNER, Call, Callers
 from vpnd.errors import NotAuthorized
 
 NOT_YOURS = "that belongs to another user"
@@ -79,6 +79,10 @@ class Gate:
         return True
 
     async def _ask(self, call: Call, action: str, *, interactive: bool) -> None:
+        if not self._callers.current(call):
+            # polkit would be asked about the name on the new connection,
+            # which may belong to another process.
+            raise NotAuthorized(RENEWED)
         try:
             decision = await self._authority.check(call.sender, action, interactive=interactive)
         except polkit.PolkitUnavailable as exc:

@@ -34,6 +34,7 @@ NAME_LOST_RULE = (
 # More than any machine has callers at once; beyond it the least recent is
 # forgotten (it is asked again on its next call, and misses signals till then).
 _CAPACITY = 4096
+RENEWED = "vpnd reconnected to the bus while this call waited; make the call again"
 _GONE_CAPACITY = 256
 
 
@@ -45,6 +46,8 @@ class Call:
     uid: int
     # Set once an access check for this call passed (see access.Gate).
     checked: bool = field(default=False)
+    # Callers.generation when the call came in: which bus connection it came on.
+    generation: int = field(default=0)
 
     @property
     def sender(self) -> str:
@@ -70,6 +73,30 @@ class Callers:
         # must not bring the name back.
         self._gone: OrderedDict[str, None] = OrderedDict()
         self._watch: asyncio.Task[None] | None = None
+        # Bumped by each rebind: a unique name means something only on the
+        # connection (and bus daemon) it came from.
+        self.generation = 0
+
+    def rebind(self, bus: MessageBus, *, same_daemon: bool) -> None:
+        """Follow a new bus connection, made after the old one was lost.
+
+        A restarted bus daemon hands out the same unique names again, to
+        other processes, so then everything known is forgotten; the same
+        daemon never reuses a name, so what is known stays (callers keep their
+        signals without calling again).
+        """
+        self._bus = bus
+        self.generation += 1
+        if not same_daemon:
+            self._uids.clear()
+            self._by_uid.clear()
+            self._admins.clear()
+            self._gone.clear()
+        self.watch()
+
+    def current(self, call: Call) -> bool:
+        """Whether `call` came on the bus connection vpnd has now."""
+        return call.generation == self.generation
 
     def watch(self) -> None:
         """Start forgetting names as they leave the bus."""
@@ -108,13 +135,17 @@ class Callers:
         sender = message.sender
         if not sender:
             raise NotAuthorized("cannot tell who is calling")
+        generation = self.generation
         uid = self._uids.get(sender)
         if uid is None:
             uid = await self._ask_uid(sender)
+            if generation != self.generation:
+                # Asked on a newer connection, where the name may be someone else's.
+                raise NotAuthorized(RENEWED)
             self._remember(sender, uid)
         else:
             self._uids.move_to_end(sender)
-        return Call(message, uid)
+        return Call(message, uid, generation=generation)
 
     async def _ask_uid(self, sender: str) -> int:
         reply = await self._ask_bus("GetConnectionUnixUser", sender)

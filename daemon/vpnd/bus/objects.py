@@ -261,7 +261,8 @@ class BusFrontend:
     def __init__(self, bus: MessageBus, authority: polkit.Authority | None = None) -> None:
         self.bus = bus
         self.callers = Callers(bus)
-        self.gate = Gate(self.callers, authority or polkit.Authority(bus))
+        self._authority = authority or polkit.Authority(bus)
+        self.gate = Gate(self.callers, self._authority)
         self.router = Router(bus, self.callers, self.gate)
         self._manager: Manager | None = None
         self._root = ManagerObject(self)
@@ -280,6 +281,17 @@ class BusFrontend:
         self.callers.watch()
         self.router.install()
         self.router.add(self._root)
+
+    def rebind(self, bus: MessageBus, *, same_daemon: bool) -> None:
+        """Serve the same objects on `bus`, a connection made after the old one was lost.
+
+        `same_daemon`: the bus daemon is the one of the lost connection (same
+        bus id), so the callers it named are still who they were.
+        """
+        self.bus = bus
+        self.callers.rebind(bus, same_daemon=same_daemon)
+        self._authority.rebind(bus)
+        self.router.rebind(bus)
 
     def server_at(self, path: str) -> Server:
         """The server served at `path`."""

@@ -167,6 +167,10 @@ class Authority:
         self._interactive_timeout = interactive_timeout
         self._ids = itertools.count(1)
 
+    def rebind(self, bus: MessageBus) -> None:
+        """Ask on `bus` from now on (the old connection was lost)."""
+        self._bus = bus
+
     async def check(self, sender: str, action: str, *, interactive: bool) -> Decision:
         """polkit's decision about `sender` doing `action`; PolkitUnavailable if none came."""
         cancellation_id = f"vpnd-{next(self._ids)}" if interactive else ""

@@ -12,12 +12,21 @@ about vpnd's objects.
 
 Signals are never broadcast: each one goes, addressed, to the bus
 connections allowed to read the object it is about (`Callers.recipients`).
+
+Nobody can crowd the others out. A bus connection has at most
+`MAX_CALLS_IN_FLIGHT` calls being served at once; a call past that is
+answered at once with org.freedesktop.DBus.Error.LimitsExceeded, so a caller
+that floods costs vpnd a short error each time, never a growing queue of
+tasks. Signals leave at the end of the loop iteration that caused them, and
+PropertiesChanged for one object and one recipient is merged there, so a
+burst of changes reaches each reader as the latest values, not as a backlog.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from dbus_fast import Message, MessageFlag, MessageType, Variant
@@ -41,7 +50,17 @@ _READ_ONLY = "org.freedesktop.DBus.Error.PropertyReadOnly"
 _FAILED = "org.vpnd.Error.Failed"
 _INTERNAL = "internal error in vpnd; see `journalctl -u vpnd`"
 
+_LIMITS_EXCEEDED = "org.freedesktop.DBus.Error.LimitsExceeded"
+
 _PROPERTY_METHODS = {"Get": "ss", "GetAll": "s", "Set": "ssv"}
+
+# Calls one bus connection may have served at once. vpnctl has one in flight
+# and an applet a few; a connection that has more is flooding.
+MAX_CALLS_IN_FLIGHT = 16
+_TOO_MANY = (
+    f"this connection already has {MAX_CALLS_IN_FLIGHT} calls waiting for vpnd;"
+    " wait for their answers before sending more"
+)
 
 
 class BusFault(Exception):
@@ -81,19 +100,54 @@ class BusObject:
         raise NotImplementedError
 
 
+@dataclass
+class _Outgoing:
+    """A signal waiting for the end of the loop iteration, addressed to one bus name."""
+
+    destination: str
+    path: str
+    interface: str
+    member: str
+    signature: str
+    body: list[Any]
+
+
 class Router:
     """Dispatches method calls to the objects it holds and sends their signals."""
 
-    def __init__(self, bus: MessageBus, callers: Callers, gate: Gate) -> None:
+    def __init__(
+        self,
+        bus: MessageBus,
+        callers: Callers,
+        gate: Gate,
+        *,
+        max_in_flight: int = MAX_CALLS_IN_FLIGHT,
+    ) -> None:
         self._bus = bus
         self._callers = callers
         self._gate = gate
+        self._max_in_flight = max_in_flight
         self._objects: dict[str, BusObject] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Calls being served, per sender; a sender is absent when it has none.
+        self._in_flight: dict[str, int] = {}
+        # Signals to send at the end of this loop iteration, in order, and the
+        # PropertiesChanged among them that a later change may still merge into.
+        self._outgoing: list[_Outgoing] = []
+        self._mergeable: dict[tuple[str, str], _Outgoing] = {}
+        self._flush_handle: asyncio.Handle | None = None
 
     def install(self) -> None:
         """Take incoming method calls from dbus-fast from now on."""
         self._bus.add_message_handler(self._on_message)
+
+    def rebind(self, bus: MessageBus) -> None:
+        """Take calls from, and send on, `bus` from now on (the old connection is gone).
+
+        Calls still being served answer on the connection they came from.
+        """
+        self._bus = bus
+        self.install()
 
     def add(self, obj: BusObject) -> None:
         """Serve `obj` at its path."""
@@ -108,9 +162,14 @@ class Router:
         return self._objects.get(path)
 
     async def settle(self) -> None:
-        """Return once every call taken so far has been answered."""
+        """Return once every call taken so far has been answered and every signal sent."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.flush()
+
+    def in_flight(self, sender: str) -> int:
+        """How many calls of `sender` are being served."""
+        return self._in_flight.get(sender, 0)
 
     # -- incoming calls ---------------------------------------------------
 
@@ -119,12 +178,28 @@ class Router:
             return False
         if message.interface == spec.PEER:
             return False  # Ping and GetMachineId: dbus-fast answers, about no object
-        task = asyncio.get_running_loop().create_task(self._serve(message))
+        sender = message.sender or ""
+        busy = self._in_flight.get(sender, 0)
+        if busy >= self._max_in_flight:
+            # Refused before any work or task: flooding costs the flooder a short error.
+            if not message.flags & MessageFlag.NO_REPLY_EXPECTED:
+                self._send(Message.new_error(message, _LIMITS_EXCEEDED, _TOO_MANY))
+            return True
+        self._in_flight[sender] = busy + 1
+        task = asyncio.get_running_loop().create_task(self._serve(message, self._bus))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _task: self._call_done(sender))
         return True  # taken: _serve answers
 
-    async def _serve(self, message: Message) -> None:
+    def _call_done(self, sender: str) -> None:
+        left = self._in_flight[sender] - 1
+        if left:
+            self._in_flight[sender] = left
+        else:
+            del self._in_flight[sender]
+
+    async def _serve(self, message: Message, bus: MessageBus) -> None:
         try:
             call = await self._callers.identify(message)
             signature, body = await self._dispatch(call, message)
@@ -139,7 +214,9 @@ class Router:
             log.exception("%s.%s on %s failed", message.interface, message.member, message.path)
             reply = Message.new_error(message, _FAILED, _INTERNAL)
         if not message.flags & MessageFlag.NO_REPLY_EXPECTED:
-            self._send(reply)
+            # On the connection the call came from: after a reconnect the same
+            # unique name may be someone else's.
+            self._send(reply, bus)
 
     async def _dispatch(self, call: Call, message: Message) -> tuple[str, list[Any]]:
         path = message.path or "/"
@@ -265,25 +342,60 @@ class Router:
         signature: str,
         body: list[Any],
     ) -> None:
-        """Send a signal addressed to each of `recipients`."""
+        """Send a signal addressed to each of `recipients`, at the end of this loop iteration.
+
+        A PropertiesChanged merges into the one still waiting for the same
+        object and recipient, unless another signal about the object went to
+        that recipient in between (their order is kept).
+        """
+        changes = member == "PropertiesChanged" and interface == spec.PROPERTIES
         for name in recipients:
+            key = (path, name)
+            if changes:
+                waiting = self._mergeable.get(key)
+                if waiting is not None and waiting.body[0] == body[0]:
+                    waiting.body[1].update(body[1])
+                    continue
+                outgoing = _Outgoing(
+                    name, path, interface, member, signature, [body[0], dict(body[1]), body[2]]
+                )
+                self._mergeable[key] = outgoing
+            else:
+                outgoing = _Outgoing(name, path, interface, member, signature, body)
+                self._mergeable.pop(key, None)
+            self._outgoing.append(outgoing)
+        if self._outgoing and self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Send every waiting signal now."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        outgoing, self._outgoing = self._outgoing, []
+        self._mergeable.clear()
+        for signal in outgoing:
             self._send(
                 Message(
                     message_type=MessageType.SIGNAL,
-                    destination=name,
-                    path=path,
-                    interface=interface,
-                    member=member,
-                    signature=signature,
-                    body=body,
+                    destination=signal.destination,
+                    path=signal.path,
+                    interface=signal.interface,
+                    member=signal.member,
+                    signature=signal.signature,
+                    body=signal.body,
                     # Nobody answers a signal; a name that just left gets no error back to us.
                     flags=MessageFlag.NO_REPLY_EXPECTED,
                 )
             )
 
-    def _send(self, message: Message) -> None:
+    def _send(self, message: Message, bus: MessageBus | None = None) -> None:
+        bus = self._bus if bus is None else bus
+        if not bus.connected:
+            # Off the bus (it went away; the service reconnects): nobody to tell.
+            log.debug("not sending %s: not connected to the bus", message.member or "a reply")
+            return
         try:
-            self._bus.send(message)
+            bus.send(message)
         except Exception as exc:
-            # A bus that went away ends the daemon elsewhere; nothing to add here.
             log.debug("cannot send %s: %s", message.member or "a reply", exc)
