@@ -22,6 +22,7 @@ from jeepney import DBusAddress, MatchRule, message_bus, new_method_call
 from tests.lab.browser import approve
 from tests.lab.daemon import REPO, VpndProcess, failed, ok, state_files, vpnctl
 from tests.lab.dbus import PrivateSystemBus
+from tests.lab.pki import LabPKI
 from tests.lab.portal import Hostile, TestPortal
 
 pytestmark = pytest.mark.bus
@@ -511,3 +512,25 @@ def test_an_api_that_keeps_refusing_gets_one_refresh_then_asks_for_login(
     assert "vpnctl login" in line
     assert portal.token_grants[grants:] == ["refresh_token"]  # once, not in a loop
     assert servers(client_env)[0]["authorized"] is False
+
+
+def test_an_idle_daemon_has_not_loaded_what_only_work_needs(
+    tmp_path: Path, private_bus: PrivateSystemBus, lab_pki: LabPKI
+) -> None:
+    # cryptography (about 7 MiB), keyring (10 MiB) and httpx are loaded on
+    # first use; an idle daemon must stay within its memory budget. Python
+    # reports every import it makes when PYTHONPROFILEIMPORTTIME is set.
+    env = private_bus.env({"PYTHONPROFILEIMPORTTIME": "1"})
+    daemon = VpndProcess(tmp_path / "vpnd", env, ca_file=lab_pki.ca_path)
+    daemon.start()
+    try:
+        imported = {
+            line.rsplit("|", 1)[-1].strip()
+            for line in daemon.log().splitlines()
+            if line.startswith("import time:")
+        }
+    finally:
+        assert daemon.stop() == 0
+    assert "vpnd.providers.eduvpn_v2" in imported  # the report is there at all
+    top = {name.split(".")[0] for name in imported}
+    assert not top & {"cryptography", "keyring", "httpx", "nacl"}, sorted(top)

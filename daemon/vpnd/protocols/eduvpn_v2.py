@@ -23,14 +23,7 @@ import datetime as _dt
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
-
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING, Literal
 
 from vpnd.errors import (
     AccountDisabled,
@@ -56,6 +49,10 @@ from vpnd.protocols.documents import (
     translated_text,
 )
 from vpnd.protocols.eduvpn import MAX_PROFILES, Endpoints, Profile
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 API_V2 = "http://eduvpn.org/api#2"
 
@@ -634,16 +631,14 @@ def parse_messages(call: MessageCall, body: bytes, preferred: Sequence[str] = ()
 
 
 # --- certificates and keys ----------------------------------------------------
-
-_PRIVATE_KEY_TYPES = (
-    rsa.RSAPrivateKey,
-    ec.EllipticCurvePrivateKey,
-    ed25519.Ed25519PrivateKey,
-    ed448.Ed448PrivateKey,
-)
+# cryptography is imported where a certificate is read, not with this
+# module: the daemon loads this module at start, and an idle daemon has no
+# use for cryptography's 7 MiB.
 
 
 def _load_certificate(pem: object, what: str) -> x509.Certificate:
+    from cryptography import x509
+
     if (
         not isinstance(pem, str)
         or len(pem) > MAX_PEM_CHARS
@@ -658,6 +653,8 @@ def _load_certificate(pem: object, what: str) -> x509.Certificate:
 
 
 def _common_name(certificate: x509.Certificate, what: str) -> str:
+    from cryptography.x509.oid import NameOID
+
     try:
         attributes = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     except ValueError:
@@ -686,6 +683,8 @@ def certificate_expiry(pem: str) -> float:
 
 
 def _public_der(key: PublicKeyTypes) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -701,6 +700,10 @@ def load_keypair(certificate: object, private_key: object, *, now: float, what: 
     create_keypair reply"). Re-encoding keeps anything a server put around the
     PEM blocks out of the configuration they are merged into.
     """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
     cert = _load_certificate(certificate, f"the certificate in {what}")
     if not isinstance(private_key, str) or len(private_key) > MAX_PEM_CHARS:
         raise CertificateRejected(f"the private key in {what} is missing or too long")
@@ -716,7 +719,13 @@ def load_keypair(certificate: object, private_key: object, *, now: float, what: 
         raise CertificateRejected(
             f"the private key in {what} cannot be read (not a PEM private key)"
         ) from None
-    if not isinstance(key, _PRIVATE_KEY_TYPES):
+    usable = (
+        rsa.RSAPrivateKey,
+        ec.EllipticCurvePrivateKey,
+        ed25519.Ed25519PrivateKey,
+        ed448.Ed448PrivateKey,
+    )
+    if not isinstance(key, usable):
         raise CertificateRejected(
             f"the private key in {what} is of a kind openvpn cannot use ({type(key).__name__})"
         )
