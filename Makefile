@@ -148,4 +148,23 @@ clean:
 	find daemon client tests benchmarks -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV) $(LOCK_VENV)
+	rm -rf $(VENV) $(LOCK_VENV) $(BENCH_VENV)
+
+# eduvpn-common (the official eduVPN client library) for the side-by-side
+# connect benchmark, in a venv that only benchmarks/ uses: pinned and hashed
+# from its own lock file, never a dependency of vpnd. Regenerate the lock
+# with uv (see benchmarks/README.md).
+BENCH_VENV := .venv-bench
+BENCH_LOCK := benchmarks/requirements-eduvpn-common.lock
+
+.PHONY: bench-deps
+bench-deps: $(BENCH_VENV)/.installed
+
+$(BENCH_VENV)/.installed: $(BENCH_LOCK)
+	@if [ ! -x $(BENCH_VENV)/bin/python ]; then \
+		echo "bench-deps: creating $(BENCH_VENV) with $$(command -v $(PYTHON3))"; \
+		$(PYTHON3) -m venv $(BENCH_VENV); \
+	fi
+	$(BENCH_VENV)/bin/python -m pip --quiet --disable-pip-version-check \
+		install --require-hashes --no-deps --only-binary :all: -r $(BENCH_LOCK)
+	@touch $@

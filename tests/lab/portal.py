@@ -639,7 +639,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(_error(411, "send a Content-Length"))
             return
         body = self.rfile.read(int(length)) if length else b""
-        headers = {k.lower(): v for k, v in self.headers.items()}
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():
+            # Repeated field lines make one comma-separated list (RFC 9110,
+            # 5.3): eduvpn-common sends one Accept line per VPN protocol.
+            key = name.lower()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
         portal = self.server.portal
         path = urlsplit(self.path).path
         with portal._state_lock:
