@@ -200,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("server", metavar="SERVER", help=server_help)
     sub.add_argument("--json", action="store_true", help="print JSON")
 
+    sub = command(
+        "messages",
+        _cmd_messages,
+        "show the notices of a server, or of all your servers",
+        system=True,
+    )
+    sub.add_argument("server", metavar="SERVER", nargs="?", help=server_help)
+    sub.add_argument("--json", action="store_true", help="print JSON")
+
     sub = command("connect", _cmd_connect, "connect to a server", system=True)
     sub.add_argument("server", metavar="SERVER", help=server_help)
     sub.add_argument(
@@ -286,6 +295,26 @@ def _get_profiles(bus: DaemonBus, path: str) -> list[dict[str, Any]]:
 def _cmd_profiles(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
     records = render.profile_records(_get_profiles(bus, _find_server(bus, args)))
     _write(out, render.to_json(records) if args.json else render.render_profiles(records))
+    return EXIT_OK
+
+
+def _get_messages(bus: DaemonBus, path: str) -> list[dict[str, Any]]:
+    (messages,) = bus.call(path, SERVER_INTERFACE, "GetMessages", "s", choose_locale(os.environ))
+    return list(messages)
+
+
+def _cmd_messages(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
+    if args.server is not None:
+        paths = [_find_server(bus, args)]
+    else:
+        method = "ListSystemServers" if args.system else "ListServers"
+        (servers,) = bus.call(MANAGER_PATH, MANAGER_INTERFACE, method)
+        paths = [record["object_path"] for record in render.server_records(servers)]
+    records = []
+    for path in paths:
+        url = str(bus.get(path, SERVER_INTERFACE, "Url"))
+        records += render.message_records(url, _get_messages(bus, path))
+    _write(out, render.to_json(records) if args.json else render.render_messages(records))
     return EXIT_OK
 
 
@@ -437,7 +466,22 @@ def _cmd_connect(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
         f"Connected to {where} (profile {record['profile'] or profile})"
         + (f", tunnel IP {addresses}" if addresses else ""),
     )
+    _show_motd(bus, server, out)
     return EXIT_OK
+
+
+def _show_motd(bus: DaemonBus, server: str, out: IO[str]) -> None:
+    """The server's message of the day, once the tunnel is up (it must not delay it)."""
+    # API v3 has no messages: no need to ask.
+    if bus.get(server, SERVER_INTERFACE, "Kind") == "eduvpn-v3":
+        return
+    try:
+        messages = _get_messages(bus, server)
+    except BusError:
+        return  # the tunnel is up; a notice that cannot be fetched changes nothing
+    for message in messages:
+        if message.get("type") == "motd" and message.get("text"):
+            _write(out, str(message["text"]))
 
 
 def _cmd_disconnect(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:

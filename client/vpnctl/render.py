@@ -179,6 +179,7 @@ def server_records(servers: Mapping[str, Mapping[str, Any]]) -> list[dict[str, A
             {
                 "url": str(properties.get("Url", "")),
                 "host": str(properties.get("Host", "")),
+                "kind": str(properties.get("Kind", "")),
                 "object_path": path,
                 "authorized": bool(properties.get("Authorized", False)),
                 "authorization_pending": bool(properties.get("AuthorizationPending", False)),
@@ -206,6 +207,50 @@ def render_servers(records: Sequence[Mapping[str, Any]], now: float) -> str:
         ends = f"{format_local_time(expiry)} ({format_relative(expiry, now)})" if expiry else "-"
         rows.append((record["url"], _authorization_word(record), ends))
     return _table(("URL", "AUTHORIZED", "SESSION ENDS"), rows)
+
+
+# --- messages -------------------------------------------------------------
+
+
+def message_records(url: str, messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Records of one server's GetMessages answer, newest first."""
+    records = []
+    for message in messages:
+        date_time, begin, end = (
+            _time_or_none(message.get(key)) for key in ("date_time", "begin", "end")
+        )
+        records.append(
+            {
+                "server_url": url,
+                "type": str(message.get("type", "")),
+                "text": str(message.get("text", "")),
+                "date_time": date_time,
+                "date_time_iso": iso_utc(date_time),
+                "begin": begin,
+                "begin_iso": iso_utc(begin),
+                "end": end,
+                "end_iso": iso_utc(end),
+            }
+        )
+    records.sort(key=lambda record: int(record["date_time"] or 0), reverse=True)
+    return records
+
+
+def render_messages(records: Sequence[Mapping[str, Any]]) -> str:
+    """Message records for people: one paragraph each."""
+    if not records:
+        return "No messages."
+    paragraphs = []
+    for record in records:
+        when = format_local_time(record["date_time"]) if record["date_time"] else "undated"
+        head = f"{record['server_url']} — {record['type']}, {when}"
+        if record["begin"] and record["end"]:
+            head += (
+                f" (maintenance from {format_local_time(record['begin'])}"
+                f" to {format_local_time(record['end'])})"
+            )
+        paragraphs.append(f"{head}\n  {record['text']}")
+    return "\n\n".join(paragraphs)
 
 
 # --- profiles -------------------------------------------------------------

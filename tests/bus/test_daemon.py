@@ -170,6 +170,7 @@ def test_add_list_login_profiles_remove(
     [entry] = servers(client_env)
     assert entry["url"] == portal.base_url
     assert entry["authorized"] is False
+    assert entry["kind"] == "eduvpn-v3"
 
     out = ok(vpnctl(["login", portal.host], client_env))
     assert "oauth/authorize" in out  # the URL is printed too
@@ -185,6 +186,8 @@ def test_add_list_login_profiles_remove(
     }
     dutch = ok(vpnctl(["profiles", portal.host], {**client_env, "LANG": "nl_NL.UTF-8"}))
     assert "Medewerkers" in dutch
+    # API v3 has no messages.
+    assert ok(vpnctl(["messages", portal.host], client_env)) == "No messages.\n"
 
     # A client nobody here wrote sees the same thing.
     listed = busctl(private_bus, "call", DEST, ROOT, "org.vpnd.Manager1", "ListServers")
@@ -405,6 +408,7 @@ def test_a_revoked_authorization_asks_for_login_and_keeps_the_server(
     [entry] = servers(client_env)
     assert entry["url"] == portal.base_url
     assert entry["authorized"] is False
+    assert entry["kind"] == "eduvpn-v3"
     # Logging in again repairs it.
     ok(vpnctl(["login", portal.host], client_env))
     ok(vpnctl(["profiles", portal.host], client_env))

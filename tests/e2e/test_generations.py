@@ -47,9 +47,24 @@ def test_add_login_connect_ping_disconnect(
     ok(vpnctl(["login", host], env))
     [server] = servers(env)
     assert server["authorized"] is True
+    assert server["kind"] == f"eduvpn-v{generation}"
     assert profile_ids(env, host) == ["internet", "office"]
+    portal_v2.system_messages = [
+        {"type": "motd", "message": "Welcome to the lab", "date_time": "2026-12-01T10:00:00Z"},
+        {"type": "maintenance", "message": "Upgrade", "date_time": "2026-12-02T10:00:00Z",
+         "begin": "2026-12-24T08:00:00Z", "end": "2026-12-24T09:00:00Z"},
+    ]  # fmt: skip
+    portal_v2.user_messages = [
+        {"type": "notification", "message": "Hello", "date_time": "2026-12-03T10:00:00Z"}
+    ]
+    messages = json.loads(ok(vpnctl(["messages", host, "--json"], env)))
+    assert [(m["type"], m["text"]) for m in messages] == [
+        ("notification", "Hello"), ("maintenance", "Upgrade"), ("motd", "Welcome to the lab"),
+    ]  # fmt: skip
+    assert messages[1]["begin_iso"] == "2026-12-24T08:00:00Z"
 
-    ok(vpnctl(["connect", host, "--profile", "internet"], env))
+    shown = ok(vpnctl(["connect", host, "--profile", "internet"], env))
+    assert shown.splitlines()[-1] == "Welcome to the lab"
     assert ping(openvpn_lab.tunnel_gateway_udp)
     now = status(env)
     assert now["state"] == "connected" and now["profile"] == "internet"

@@ -52,6 +52,7 @@ def server_properties(server: Server) -> dict[str, Any]:
         "Url": server.url,
         "Host": server.host,
         "Owner": server.owner,
+        "Kind": server.kind,
         "Authorized": server.authorized,
         "AuthorizationPending": server.authorization_pending,
         "SessionExpiry": int(server.record.session_expiry),
@@ -200,6 +201,21 @@ class ServerObject(BusObject):
                 "vpn_proto_list": Variant("as", p["vpn_proto_list"]),
             }
             for p in profiles
+        ]
+
+    async def GetMessages(self, call: Call, locale: str) -> list[dict[str, Variant]]:
+        locale = validate.locale(locale)
+        await self._frontend.gate.require(call, self.owner)
+        messages = await self._frontend.manager.messages(self.server, locale)
+        return [
+            {
+                "type": Variant("s", m["type"]),
+                "text": Variant("s", m["text"]),
+                "date_time": Variant("t", int(m["date_time"])),
+                "begin": Variant("t", int(m["begin"])),
+                "end": Variant("t", int(m["end"])),
+            }
+            for m in messages
         ]
 
     async def Connect(self, call: Call, profile_id: str, options: dict[str, Any]) -> str:

@@ -104,6 +104,7 @@ _SERVER_PROPERTIES = {
     "Url": "s",
     "Host": "s",
     "Owner": "u",
+    "Kind": "s",
     "Authorized": "b",
     "AuthorizationPending": "b",
     "SessionExpiry": "t",
@@ -133,6 +134,7 @@ SERVER = Interface(
     methods=(
         Method("Authorize", (), (("url", "s"),)),
         Method("GetProfiles", (("locale", "s"),), (("profiles", "aa{sv}"),)),
+        Method("GetMessages", (("locale", "s"),), (("messages", "aa{sv}"),)),
         Method("Connect", (("profile_id", "s"), ("options", "a{sv}")), (("connection", "o"),)),
     ),
     properties=_SERVER_PROPERTIES,
