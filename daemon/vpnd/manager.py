@@ -32,7 +32,8 @@ from vpnd.protocols.connstate import ConnectionMachine, Event, State, openvpn_ev
 from vpnd.protocols.eduvpn import Endpoints
 from vpnd.protocols.management import ByteCountEvent, FatalEvent, StateEvent
 from vpnd.providers import Families
-from vpnd.providers.base import Family, PendingAuthorization, Session
+from vpnd.providers.base import Connectable, Family, PendingAuthorization, Session
+from vpnd.steps import Steps
 from vpnd.store.store import ServerRecord, ServerSecrets, Store, host_of, new_server_id
 from vpnd.tunnel.openvpn import TunnelEvent, TunnelExited
 
@@ -65,6 +66,8 @@ class Server:
     record: ServerRecord
     authorized: bool = False
     authorization_pending: bool = False
+    # What the server's discovery document named at the last connect (not stored).
+    endpoints: Endpoints | None = None
     _authorization: asyncio.Task[None] | None = field(default=None, repr=False)
     _pending: PendingAuthorization | None = field(default=None, repr=False)
 
@@ -119,6 +122,10 @@ class Connection:
     task: asyncio.Task[None] | None = None
     # Set once the tunnel is up or the attempt has ended.
     settled: asyncio.Event = field(default_factory=asyncio.Event)
+    steps: Steps = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.steps = Steps(log, f"connection {self.conn_id}")
 
     @property
     def owner(self) -> int:
@@ -432,15 +439,8 @@ class Manager:
     async def _run(self, connection: Connection) -> None:
         server = connection.server
         try:
-            provider = self._family(server).provider
-            endpoints = await provider.discover(server.url)
-            connectable = await self._call(
-                server,
-                endpoints,
-                lambda session: provider.obtain(
-                    session, connection.profile_id, prefer_tcp=connection.prefer_tcp
-                ),
-            )
+            endpoints, connectable = await self._obtain(connection)
+            connection.steps.step("obtained the configuration")
             connection.endpoints = endpoints
             self._record_session_expiry(connection, connectable.expires_at)
             if connectable.protocol != "openvpn":
@@ -466,6 +466,7 @@ class Manager:
             connection.tunnel = tunnel
             self._move(connection, Event.CONFIG_READY)
             await tunnel.start()
+            connection.steps.step("openvpn started and released from its hold")
             try:
                 async with asyncio.timeout(self._settings.connect_timeout):
                     await connection.settled.wait()
@@ -484,6 +485,47 @@ class Manager:
             await self._fail(
                 connection, VpndError("connecting failed because of an internal error")
             )
+
+    async def _obtain(self, connection: Connection) -> tuple[Endpoints, Connectable]:
+        """The server's endpoints and a configuration from them.
+
+        The discovery document is fetched before every connect, as the
+        protocol asks. When the server named endpoints before, the
+        configuration is asked for there at the same time; only if the
+        document now names others is it asked for again, there."""
+        server = connection.server
+        provider = self._family(server).provider
+
+        def obtain(endpoints: Endpoints) -> Awaitable[Connectable]:
+            return self._call(
+                server,
+                endpoints,
+                lambda session: provider.obtain(
+                    session, connection.profile_id, prefer_tcp=connection.prefer_tcp
+                ),
+            )
+
+        known = server.endpoints
+        if known is None:
+            endpoints = await provider.discover(server.url)
+            connection.steps.step("found the server's endpoints")
+            server.endpoints = endpoints
+            return endpoints, await obtain(endpoints)
+        discovered, early = await asyncio.gather(
+            provider.discover(server.url), obtain(known), return_exceptions=True
+        )
+        connection.steps.step("found the server's endpoints and asked them for a configuration")
+        # A configuration asked for in vain is not handed back: the next one
+        # the server issues for this authorization supersedes it.
+        if isinstance(discovered, BaseException):
+            raise discovered
+        server.endpoints = discovered
+        if discovered == known:
+            if isinstance(early, BaseException):
+                raise early
+            return known, early
+        log.info("%s names other endpoints now; asking there", server.host)
+        return discovered, await obtain(discovered)
 
     def _record_session_expiry(self, connection: Connection, expires_at: float) -> None:
         connection.session_expiry = expires_at
@@ -536,6 +578,7 @@ class Manager:
             # The exit itself (TunnelExited) decides what this means.
             self._listener.connection_changed(connection, changed)
             return
+        connection.steps.step(f"openvpn state {event.name}")
         if event.name == "CONNECTED":
             connection.tunnel_ip = event.local_ip
             connection.tunnel_ipv6 = event.local_ipv6

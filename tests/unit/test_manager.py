@@ -78,13 +78,19 @@ class FakeProvider:
     obtain_error: VpndError | None = None
     expires_at: float = 2_000_000_000.0
     message_list: list[Message] = field(default_factory=list)
+    discover_error: VpndError | None = None
+    discoveries: int = 0
+    moved: dict[str, Endpoints] = field(default_factory=dict)  # base URL -> its new endpoints
     calls: list[tuple[str, str]] = field(default_factory=list)  # (what, access token)
     sessions: list[Session] = field(default_factory=list)
 
     async def discover(self, base_url: str) -> Endpoints:
+        self.discoveries += 1
+        if self.discover_error is not None:
+            raise self.discover_error
         if base_url not in self.speaks:
             raise NotThisFamily(f"{base_url} does not speak {self.kind}")
-        return endpoints_for(base_url)
+        return self.moved.get(base_url) or endpoints_for(base_url)
 
     async def profiles(self, session: Session) -> list[Profile]:
         self.calls.append(("profiles", session.access_token))
@@ -255,7 +261,8 @@ class World:
 async def settled_tunnel(world: World, connection: Connection) -> None:
     """Wait until the connection has started its tunnel (or ended)."""
     for _ in range(100):
-        if (world.tunnels and world.tunnels[-1].started) or connection.machine.finished:
+        tunnel = connection.tunnel
+        if (isinstance(tunnel, FakeTunnel) and tunnel.started) or connection.machine.finished:
             return
         await asyncio.sleep(0)
     raise AssertionError(f"the connection never started a tunnel: {connection.state}")
@@ -461,6 +468,58 @@ async def test_connect_gives_openvpn_the_config_and_keeps_the_key(world: World) 
     # The session expiry is kept with the server.
     [record] = Store(world.settings.state_dir).load_servers()
     assert record.session_expiry == world.v3.expires_at
+
+
+async def test_later_connects_ask_for_a_config_while_the_endpoints_are_fetched(
+    world: World,
+) -> None:
+    server = await world.authorized_server()
+    first = await world.connected(server)
+    await world.manager.disconnect(first)
+    world.v3.calls.clear()
+    gate = asyncio.Event()
+    original = world.v3.discover
+
+    async def slow_discover(base_url: str) -> Endpoints:
+        await gate.wait()
+        return await original(base_url)
+
+    world.v3.discover = slow_discover  # type: ignore[method-assign]
+    discoveries = world.v3.discoveries
+    connection = world.manager.connect(server, "employees", prefer_tcp=False)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    # The discovery document is still on its way; the configuration is asked for already.
+    assert world.v3.calls == [("obtain employees tcp=False", "token-1")]
+    assert world.v3.discoveries == discoveries
+    assert len(world.tunnels) == 1  # no tunnel before the document is in
+    gate.set()
+    await settled_tunnel(world, connection)
+    assert world.tunnels[-1].started and len(world.tunnels) == 2
+    assert world.v3.discoveries == discoveries + 1
+
+
+async def test_endpoints_that_moved_are_asked_again(world: World) -> None:
+    server = await world.authorized_server()
+    await world.manager.disconnect(await world.connected(server))
+    moved = Endpoints("https://api2.example.org/", "https://a/", "https://t/")
+    world.v3.moved[URL] = moved
+    world.v3.sessions.clear()
+    connection = world.manager.connect(server, "employees", prefer_tcp=False)
+    await settled_tunnel(world, connection)
+    assert [session.endpoints for session in world.v3.sessions] == [endpoints_for(URL), moved]
+    assert connection.endpoints == moved and server.endpoints == moved
+
+
+async def test_a_failed_discovery_fails_the_connect_even_with_a_config(world: World) -> None:
+    server = await world.authorized_server()
+    await world.manager.disconnect(await world.connected(server))
+    world.v3.discover_error = ServerError("the server answered with HTTP status 503")
+    connection = world.manager.connect(server, "employees", prefer_tcp=False)
+    await finished(connection)
+    assert connection.state is State.FAILED
+    assert "503" in connection.error_message
+    assert len(world.tunnels) == 1  # only the first connect's
 
 
 async def test_a_providers_keys_stay_with_its_server(world: World) -> None:

@@ -35,7 +35,7 @@ import signal
 import socket
 import struct
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -56,6 +56,7 @@ from vpnd.protocols.management import (
     command,
     pk_sig,
 )
+from vpnd.steps import Steps
 from vpnd.tunnel.process import ChildLauncher, Launcher, OpenVPNProcess
 
 if TYPE_CHECKING:
@@ -203,11 +204,11 @@ class Tunnel:
         self._management_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
-        # Commands go one at a time: the parser pairs replies with commands by order.
+        # Commands go in order, one or one batch at a time: the parser pairs
+        # replies with commands by order.
         self._command_lock = asyncio.Lock()
         self._spawn_lock = asyncio.Lock()
         self._replies: deque[asyncio.Future[CommandResult]] = deque()
-        self._held = asyncio.Event()
         self._exited = asyncio.Event()
 
         self._started = False
@@ -234,6 +235,7 @@ class Tunnel:
         if self._started:
             raise RuntimeError("a Tunnel can be started once")
         self._started = True
+        steps = Steps(log, f"tunnel {self._name}")
         async with self._spawn_lock:
             if self._stop_requested:
                 raise TunnelFailed("the connection was stopped before openvpn started")
@@ -250,12 +252,16 @@ class Tunnel:
             except BaseException:
                 self._close_listener(listener)
                 raise
+            steps.step("spawned openvpn")
         try:
             async with asyncio.timeout(self._settings.start_timeout):
                 await self._send_config()
+                steps.step("sent the config")
                 connection = await self._accept(listener)
                 self._close_listener(listener)
+                steps.step("openvpn connected to the management socket")
                 await self._handshake(connection)
+                steps.step("released openvpn from its hold")
             if self._stop_requested:
                 raise TunnelFailed("the connection was stopped while openvpn was starting")
         except BaseException as error:
@@ -479,14 +485,18 @@ class Tunnel:
         reader, self._writer = await asyncio.open_unix_connection(sock=connection)
         self._management_task = asyncio.create_task(self._read_management(reader))
         await self._announce_version()
-        await self._command("state", "on")
+        # One write, then the replies in turn: openvpn reads the commands in
+        # order and none depends on an earlier reply. Releasing the hold does
+        # not wait for >HOLD either: a release that comes first is kept and
+        # the hold then ends at once; what the hold is for, that vpnd is
+        # connected and has asked for states, holds by the order of the lines.
+        commands = [("state", "on")]
         if self._settings.bytecount_interval:
-            await self._command("bytecount", str(self._settings.bytecount_interval))
-        await self._unless_exited(self._held.wait())
+            commands.append(("bytecount", str(self._settings.bytecount_interval)))
         # With the hold flag off, openvpn's own restarts (ping-restart, a
         # server's RESTART) do not wait for the daemon again.
-        await self._command("hold", "off")
-        await self._command("hold", "release")
+        commands += [("hold", "off"), ("hold", "release")]
+        await self._commands(commands)
         log.info("tunnel %s: openvpn released from hold", self._name)
 
     async def _announce_version(self) -> None:
@@ -510,6 +520,18 @@ class Tunnel:
     async def _command(self, *words: str) -> CommandResult:
         """Send one command and return openvpn's SUCCESS reply; an ERROR raises TunnelFailed."""
         return await self._request(command(*words), words[0])
+
+    async def _commands(self, commands: Sequence[tuple[str, ...]]) -> None:
+        """Send several one-line commands in one write; TunnelFailed on the first ERROR."""
+        async with self._command_lock:
+            loop = asyncio.get_running_loop()
+            replies: list[asyncio.Future[CommandResult]] = [loop.create_future() for _ in commands]
+            self._replies.extend(replies)
+            await self._write(b"".join(command(*words) for words in commands))
+            for words, reply in zip(commands, replies, strict=True):
+                result = await self._unless_exited(reply)
+                if not result.ok:
+                    raise TunnelFailed(f"openvpn refused `{words[0]}`: {result.text}")
 
     async def _request(self, data: bytes, name: str) -> CommandResult:
         """Send a command (one line, or a block like `pk-sig`) that has one reply line."""
@@ -571,7 +593,8 @@ class Tunnel:
             self._fatal = event.text
             self._emit(event)
         elif isinstance(event, HoldEvent):
-            self._held.set()
+            # Released in the handshake already, with or without this notice.
+            log.debug("tunnel %s: openvpn holds: %s", self._name, event.text)
         elif isinstance(event, PasswordEvent):
             self._on_password(event)
         elif isinstance(event, PkSignEvent):
