@@ -169,7 +169,7 @@ def measure(rounds: int, readers: int, watchers: int, workdir: Path) -> list[tup
         OpenVPNLab(pki, workdir / "lab") as lab,
         TestPortal(pki, lab) as portal,
         PrivateSystemBus(workdir / "bus") as bus,
-        VpndProcess(workdir / "vpnd", bus.env({}), ca_file=pki.ca_path) as daemon,
+        VpndProcess(workdir / "vpnd", bus.env({}), ca_file=pki.ca_path, log_level="info") as daemon,
     ):
         logged_in(bus.address, portal, pki, workdir)
         with open_dbus_connection(bus="SYSTEM") as conn:

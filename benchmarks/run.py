@@ -187,7 +187,9 @@ def measure(rounds: int, workdir: Path) -> list[tuple[str, str, str]]:
         ready: list[float] = []
         idle_rss: list[int] = []
         for i in range(rounds):
-            daemon = VpndProcess(workdir / f"start{i}", bus.env({}), ca_file=pki.ca_path)
+            daemon = VpndProcess(
+                workdir / f"start{i}", bus.env({}), ca_file=pki.ca_path, log_level="info"
+            )
             daemon.start()
             ready.append(daemon.ready_after)
             time.sleep(0.5)  # let start-up settle before reading RSS
@@ -202,7 +204,9 @@ def measure(rounds: int, workdir: Path) -> list[tuple[str, str, str]]:
             )
         )
 
-        with VpndProcess(workdir / "vpnd", bus.env({}), ca_file=pki.ca_path) as daemon:
+        with VpndProcess(
+            workdir / "vpnd", bus.env({}), ca_file=pki.ca_path, log_level="info"
+        ) as daemon:
             env = logged_in(bus.address, portal, pki, workdir)
             with open_dbus_connection(bus="SYSTEM") as conn:
                 server_path = find_server(conn, portal.host)

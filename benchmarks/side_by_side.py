@@ -264,7 +264,7 @@ def over(samples: list[float], baseline: list[float]) -> str:
     return f"{(statistics.median(samples) - statistics.median(baseline)) * 1000:+.1f} ms"
 
 
-def measure(rounds: int, workdir: Path) -> list[str]:
+def measure(rounds: int, workdir: Path, log_level: str = "info") -> list[str]:
     """Run the rounds; returns the report's lines (Markdown)."""
     pki = LabPKI.create(workdir / "pki")
     plain: list[float] = []
@@ -276,7 +276,9 @@ def measure(rounds: int, workdir: Path) -> list[str]:
         OpenVPNLab(pki, workdir / "lab") as lab,
         TestPortal(pki, lab, profiles=PROFILES) as portal,
         PrivateSystemBus(workdir / "bus") as bus,
-        VpndProcess(workdir / "vpnd", bus.env({}), ca_file=pki.ca_path),
+        VpndProcess(
+            workdir / "vpnd", bus.env({}), ca_file=pki.ca_path, log_level=log_level
+        ),
         EduvpnCommon(portal, pki, workdir / "eduvpn-common") as library,
     ):
         clock = PortalClock(portal)
@@ -378,12 +380,23 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="work in DIR and keep it, with vpnd at debug level: its log (vpnd/vpnd.log) has"
+        " each connect's steps (debug logging itself slows vpnd down a little)",
+    )
     args = parser.parse_args()
     if not BENCH_PYTHON.exists():
         print(f"{BENCH_PYTHON} is missing: run `make bench-deps` first", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="vpnd-bench-") as tmp:
-        lines = measure(args.rounds, Path(tmp))
+    if args.keep is not None:
+        # Kept to read the steps of each connect, which vpnd logs at debug level.
+        lines = measure(args.rounds, args.keep, log_level="debug")
+    else:
+        with tempfile.TemporaryDirectory(prefix="vpnd-bench-") as tmp:
+            lines = measure(args.rounds, Path(tmp))
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(
         f"machine: {platform.machine()}, nproc {len(os.sched_getaffinity(0))}, kernel {platform.release()}, "

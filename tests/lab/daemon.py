@@ -33,8 +33,12 @@ class VpndProcess:
         *,
         ca_file: Path | None = None,
         settings: Mapping[str, object] | None = None,
+        log_level: str = "debug",
     ) -> None:
+        """`log_level`: debug for tests (their failures show every step); benchmarks
+        measure the daemon as it runs in production, at info."""
         self.workdir = workdir
+        self.log_level = log_level
         self.state_dir = workdir / "state"
         self.runtime_dir = workdir / "run"
         self.config_file = workdir / "vpnd.toml"
@@ -91,7 +95,7 @@ class VpndProcess:
                     "--runtime-dir",
                     str(self.runtime_dir),
                     "--log-level",
-                    "debug",
+                    self.log_level,
                 ],
                 env=env,
                 stdin=subprocess.DEVNULL,
