@@ -49,7 +49,7 @@ NOBODY = 65534
 PER_PROCESS = 10
 
 # One process of reader threads; runs until stdin closes, then prints a JSON
-# summary. argv: number of threads.
+# summary. argv: number of threads, seconds each waits after its pair of calls.
 READERS = r"""
 import collections, json, sys, threading, time
 from jeepney import DBusAddress, HeaderFields, MatchRule, MessageType, message_bus, new_method_call
@@ -88,6 +88,8 @@ def reader():
                     got[reply.header.fields[HeaderFields.error_name]] += 1
                 else:
                     got["ok"] += 1
+            if pause:
+                stop.wait(pause)
             while queue:
                 fields = queue.popleft().header.fields
                 if fields.get(HeaderFields.sender) != "org.freedesktop.DBus":
@@ -98,6 +100,7 @@ def reader():
         latencies.extend(mine)
         signals.update(seen)
 
+pause = float(sys.argv[2])
 threads = [threading.Thread(target=reader) for _ in range(int(sys.argv[1]))]
 for thread in threads:
     thread.start()
@@ -111,13 +114,13 @@ print(json.dumps({"outcomes": outcomes, "latencies": latencies, "signals": signa
 
 
 def start_readers(
-    bus: PrivateSystemBus, count: int, uid: int | None
+    bus: PrivateSystemBus, count: int, uid: int | None, pause: float = 0.0
 ) -> list[subprocess.Popen[str]]:
     processes = []
     while count > 0:
         threads = min(PER_PROCESS, count)
         count -= threads
-        command = [sys.executable, "-c", READERS, str(threads)]
+        command = [sys.executable, "-c", READERS, str(threads), str(pause)]
         if uid is not None:
             command = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
         process = subprocess.Popen(
@@ -163,7 +166,9 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def measure(rounds: int, readers: int, watchers: int, workdir: Path) -> list[tuple[str, str, str]]:
+def measure(
+    rounds: int, readers: int, watchers: int, workdir: Path, pause: float = 0.0
+) -> list[tuple[str, str, str]]:
     pki = LabPKI.create(workdir / "pki")
     with (
         OpenVPNLab(pki, workdir / "lab") as lab,
@@ -179,7 +184,9 @@ def measure(rounds: int, readers: int, watchers: int, workdir: Path) -> list[tup
             idle = [vpnd_connect(conn, server_path) for _ in range(idle_rounds)]
             before = vitals(daemon.pid)
 
-            flood = start_readers(bus, readers, NOBODY) + start_readers(bus, watchers, None)
+            flood = start_readers(bus, readers, NOBODY, pause) + start_readers(
+                bus, watchers, None, pause
+            )
             loaded: list[float] = []
             failed_connects: list[str] = []
             started = time.monotonic()
@@ -259,9 +266,17 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=100, help="connect/disconnect cycles")
     parser.add_argument("--readers", type=int, default=50, help="unprivileged reader connections")
     parser.add_argument("--watchers", type=int, default=5, help="the owner's connections")
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="what each reader waits after its two calls (default 0: as fast as it can, which"
+        " measures the readers' own queueing as much as vpnd)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vpnd-flood-") as tmp:
-        rows = measure(args.rounds, args.readers, args.watchers, Path(tmp))
+        rows = measure(args.rounds, args.readers, args.watchers, Path(tmp), args.pause)
     print(
         f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )

@@ -365,7 +365,9 @@ class Manager:
             return await self._family(server).login.call(
                 server.record,
                 endpoints,
-                lambda credential: action(Session(endpoints, credential, vault, server.host)),
+                lambda credential: action(
+                    Session(endpoints, credential, vault, server.host, server.url)
+                ),
             )
         finally:
             self._auth_error(server)

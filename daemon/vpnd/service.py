@@ -29,7 +29,8 @@ BUS_NAME = "org.vpnd.Daemon"
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="vpnd", description="VPN connection daemon, driven over D-Bus (see vpnctl)."
+        prog="vpnd",
+        description="VPN connection daemon, driven over D-Bus (org.vpnd.Daemon on the system bus).",
     )
     parser.add_argument("--config", type=Path, help="settings file (default /etc/vpnd/vpnd.toml)")
     parser.add_argument("--state-dir", help="where servers and tokens are kept (/var/lib/vpnd)")

@@ -120,6 +120,7 @@ def test_a_disabled_account_is_named_before_openvpn_starts(
     # The profile needs two-factor authentication, which the user has not enrolled in.
     line = failed(vpnctl(["connect", "127.0.0.1", "--profile", "office"], env))
     assert "two-factor" in line and "enroll" in line
+    assert portal_v2.base_url in line  # where to enroll
     assert state_files(vpnd) == before
 
 

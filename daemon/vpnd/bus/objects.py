@@ -133,9 +133,7 @@ class ManagerObject(BusObject):
         try:
             return server_path(self._manager.find_server(SYSTEM_OWNER, query))
         except NotFound:
-            raise NotFound(
-                f"no system-wide server matches {query!r}; `vpnctl --system list` shows them"
-            ) from None
+            raise NotFound(f"no system-wide server matches {query!r}") from None
 
     async def ListServers(self, call: Call) -> dict[str, dict[str, Variant]]:
         await self._gate.require(call, call.uid)

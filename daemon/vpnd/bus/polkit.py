@@ -135,9 +135,9 @@ def refusal(action: str, decision: Decision, *, interactive: bool) -> NotAuthori
         )
     if decision.challenge:
         return NotAuthorized(
-            f"polkit wants an administrator's password to {what} ({action}); vpnctl asks"
-            " for it when run on a terminal (other clients: allow interactive"
-            " authorization), or ask an administrator"
+            f"polkit wants an administrator's password to {what} ({action}); call again"
+            " allowing interactive authorization (from a terminal or a desktop session),"
+            " or ask an administrator"
         )
     return NotAuthorized(f"polkit does not allow you to {what} ({action}); ask an administrator")
 

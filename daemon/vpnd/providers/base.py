@@ -80,6 +80,7 @@ class Session:
     access_token: str
     vault: Vault
     label: str  # the server's host name, for messages
+    url: str = ""  # the server's base URL, where its web portal is
 
 
 class Provider(Protocol):

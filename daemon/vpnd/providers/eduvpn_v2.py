@@ -13,7 +13,12 @@ import time
 from collections.abc import Sequence
 from urllib.parse import urlencode
 
-from vpnd.errors import AccountDisabled, CertificateRejected, ProfileUnavailable
+from vpnd.errors import (
+    AccountDisabled,
+    CertificateRejected,
+    ProfileUnavailable,
+    TwoFactorRequired,
+)
 from vpnd.http import HttpClient, Response
 from vpnd.protocols import eduvpn_v2 as v2
 from vpnd.protocols import ovpnconfig
@@ -70,7 +75,11 @@ class EduVPNv2Provider:
                 f'{session.label} does not offer the profile "{profile_id}" to you (any more);'
                 " choose another profile"
             )
-        v2.check_can_connect(profile, v2.parse_user_info(user_reply.body))
+        try:
+            v2.check_can_connect(profile, v2.parse_user_info(user_reply.body))
+        except TwoFactorRequired as exc:
+            # Enrolment happens in the server's web portal: say where it is.
+            raise TwoFactorRequired(f"{exc.message} ({session.url})") from None
         text = v2.parse_profile_config(
             config_reply.headers.get("content-type", ""), config_reply.body
         )
