@@ -103,6 +103,16 @@ $(STAMP): $(LOCK) pyproject.toml | debs
 	fi
 	$(PIP) install --require-hashes --no-deps --no-build-isolation -r $(LOCK)
 	$(PIP) install --no-deps --no-build-isolation -e .
+	@# setuptools' editable finder is imported by every Python started from this
+	@# venv and costs each about 40 ms (pathlib, importlib.util, fnmatch at
+	@# site time), which vpnctl's start-up and its benchmark would carry. Both
+	@# packages sit at the top of daemon/ and client/, so plain path lines do
+	@# the finder's job.
+	@site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	rm -f "$$site"/__editable___vpnd_*_finder.py; \
+	for pth in "$$site"/__editable__.vpnd-*.pth; do \
+		printf '%s\n' "$(CURDIR)/daemon" "$(CURDIR)/client" > "$$pth"; \
+	done
 	@# Bytecode as an installed package has it, also where PYTHONDONTWRITEBYTECODE is set.
 	$(PY) -m compileall -q daemon client
 	@touch $@
