@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vpnd.bus import polkit, spec, validate
-from vpnd.bus.access import Gate, needed_actions
+from vpnd.bus.access import READ_MEMORY, Gate, needed_actions
 from vpnd.bus.caller import Call, Callers
 from vpnd.bus.polkit import Decision, PolkitUnavailable
 from vpnd.errors import InvalidArgument, NotAuthorized
@@ -153,6 +153,33 @@ async def test_may_read_never_prompts_and_marks_administrators() -> None:
     assert not await gate.may_read(alice, BOB)
     assert ":1.1" in callers.recipients(SYSTEM)
     assert ":1.1" not in callers.recipients(BOB)
+
+
+async def test_a_read_decision_is_kept_a_second_per_connection() -> None:
+    # A reader polling the system-wide connection must not cost polkit a
+    # question per call: a flood of reads would flood polkitd too.
+    callers = Callers(FakeBus({":1.1": ALICE, ":1.2": BOB}))  # type: ignore[arg-type]
+    authority = FakeAuthority({ADMIN: Decision(True)})
+    now = [100.0]
+    gate = Gate(callers, authority, clock=lambda: now[0])
+    alice = await callers.identify(incoming(":1.1"))
+    bob = await callers.identify(incoming(":1.2"))
+    for _ in range(5):
+        assert await gate.may_read(alice, SYSTEM)
+    assert authority.asked == [(":1.1", ADMIN, False)]
+    # Refusals are kept too, and each connection has its own answer.
+    authority.decisions = {}
+    for _ in range(3):
+        assert not await gate.may_read(bob, SYSTEM)
+    assert authority.asked == [(":1.1", ADMIN, False), (":1.2", ADMIN, False)]
+    # A second later polkit is asked again, and a changed answer shows.
+    now[0] += READ_MEMORY
+    assert not await gate.may_read(alice, SYSTEM)
+    assert len(authority.asked) == 3
+    # Own objects and root need no question at all.
+    assert await gate.may_read(alice, ALICE)
+    assert await gate.may_read(Call(incoming(":1.9"), 0), SYSTEM)
+    assert len(authority.asked) == 3
 
 
 # -- the caller table ----------------------------------------------------------------

@@ -17,6 +17,9 @@ the answer is no.
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Protocol
 
 from vpnd.bus import polkit
@@ -24,6 +27,13 @@ from vpnd.bus.caller import RENEWED, ROOT_UID, SYSTEM_OWNER, Call, Callers
 from vpnd.errors import NotAuthorized
 
 NOT_YOURS = "that belongs to another user"
+
+# How long polkit's answer about a read is kept for a bus connection. A
+# reader polling the active connection (an applet, or a flood of them)
+# then costs polkit one question a second instead of one per call; a
+# changed authorization shows in reads a second late at most.
+READ_MEMORY = 1.0
+_READ_MEMORY_SIZE = 4096
 
 
 class Authority(Protocol):
@@ -55,9 +65,19 @@ def may_see(uid: int, owner: int) -> bool:
 class Gate:
     """Decides each call: ownership, then polkit for what the rules ask."""
 
-    def __init__(self, callers: Callers, authority: Authority) -> None:
+    def __init__(
+        self,
+        callers: Callers,
+        authority: Authority,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._callers = callers
         self._authority = authority
+        self._clock = clock
+        # (sender, bus generation, actions) -> (until, allowed)
+        self._reads: OrderedDict[tuple[str, int, tuple[str, ...]], tuple[float, bool]] = (
+            OrderedDict()
+        )
 
     async def require(self, call: Call, owner: int, action: str | None = None) -> None:
         """Return if `call` may do `action` (None: read) on an object of `owner`; else raise."""
@@ -72,11 +92,28 @@ class Gate:
         polkit must not pop up a password dialog for it.
         """
         try:
-            for needed in needed_actions(call.uid, owner, None):
-                await self._ask(call, needed, interactive=False)
+            needed = needed_actions(call.uid, owner, None)
         except NotAuthorized:
             return False
-        return True
+        if not needed:
+            return True
+        key = (call.sender, call.generation, needed)
+        now = self._clock()
+        kept = self._reads.get(key)
+        if kept is not None and now < kept[0]:
+            return kept[1]
+        try:
+            for action in needed:
+                await self._ask(call, action, interactive=False)
+        except NotAuthorized:
+            allowed = False
+        else:
+            allowed = True
+        self._reads[key] = (now + READ_MEMORY, allowed)
+        self._reads.move_to_end(key)
+        while len(self._reads) > _READ_MEMORY_SIZE:
+            self._reads.popitem(last=False)
+        return allowed
 
     async def _ask(self, call: Call, action: str, *, interactive: bool) -> None:
         if not self._callers.current(call):
