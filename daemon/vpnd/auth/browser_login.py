@@ -10,15 +10,41 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from vpnd.auth.loopback import LoopbackRedirect
 from vpnd.auth.tokens import TokenKeeper
 from vpnd.errors import AuthorizationFailed, VpndError
+from vpnd.protocols.eduvpn import Endpoints
 from vpnd.protocols.oauth import Tokens
 from vpnd.store.store import ServerRecord, host_of
 
+T = TypeVar("T")
+
 # What the browser delivered (a query or a fragment) -> the server's tokens.
 Grant = Callable[[str], Awaitable[Tokens]]
+
+
+class TokenLogin:
+    """What every browser login shares once it has tokens: they are kept per
+    server and used through `tokens` (a TokenKeeper), renewed as it decides."""
+
+    tokens: TokenKeeper
+
+    def authorized(self, record: ServerRecord) -> bool:
+        """Whether tokens are kept for the server."""
+        return self.tokens.exist(record.owner, record.server_id)
+
+    async def call(
+        self,
+        record: ServerRecord,
+        endpoints: Endpoints,
+        api_call: Callable[[str], Awaitable[T]],
+    ) -> T:
+        """Run `api_call(access_token)` with the server's tokens."""
+        return await self.tokens.call(
+            record.owner, record.server_id, host_of(record), endpoints, api_call
+        )
 
 
 class BrowserAuthorization:

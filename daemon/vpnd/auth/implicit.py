@@ -9,31 +9,23 @@ token, so an expired or refused token means logging in again.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
-from vpnd.auth.browser_login import BrowserAuthorization
+from vpnd.auth.browser_login import BrowserAuthorization, TokenLogin
 from vpnd.auth.loopback import LoopbackRedirect
 from vpnd.auth.tokens import TokenKeeper
 from vpnd.protocols import eduvpn_v1, pkce
 from vpnd.protocols.eduvpn import Endpoints
 from vpnd.protocols.oauth import Tokens
-from vpnd.store.store import SecretStore, ServerRecord, host_of
-
-T = TypeVar("T")
+from vpnd.store.store import SecretStore, ServerRecord
 
 
-class ImplicitLogin:
+class ImplicitLogin(TokenLogin):
     """response_type=token; tokens per server, never refreshed."""
 
     def __init__(self, secrets: SecretStore, client_id: str, timeout: float) -> None:
         self._client_id = client_id
         self._timeout = timeout
         self.tokens = TokenKeeper(secrets, client_id, None)
-
-    def authorized(self, record: ServerRecord) -> bool:
-        """Whether a token is kept for the server."""
-        return self.tokens.exist(record.owner, record.server_id)
 
     async def begin(
         self, record: ServerRecord, endpoints: Endpoints, caller: int
@@ -55,14 +47,3 @@ class ImplicitLogin:
             return eduvpn_v1.parse_fragment(fragment, state, now=time.time())
 
         return BrowserAuthorization(url, redirect, record, self.tokens, self._timeout, read_token)
-
-    async def call(
-        self,
-        record: ServerRecord,
-        endpoints: Endpoints,
-        api_call: Callable[[str], Awaitable[T]],
-    ) -> T:
-        """Run `api_call(access_token)` with the server's token."""
-        return await self.tokens.call(
-            record.owner, record.server_id, host_of(record), endpoints, api_call
-        )

@@ -9,22 +9,18 @@ tokens, refreshing them as `TokenKeeper` decides.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
-from vpnd.auth.browser_login import BrowserAuthorization
+from vpnd.auth.browser_login import BrowserAuthorization, TokenLogin
 from vpnd.auth.loopback import LoopbackRedirect
 from vpnd.auth.tokens import TokenKeeper
 from vpnd.http import HttpClient
 from vpnd.protocols import oauth, pkce
 from vpnd.protocols.eduvpn import Endpoints
 from vpnd.protocols.oauth import Tokens
-from vpnd.store.store import SecretStore, ServerRecord, host_of
-
-T = TypeVar("T")
+from vpnd.store.store import SecretStore, ServerRecord
 
 
-class OAuthCodeLogin:
+class OAuthCodeLogin(TokenLogin):
     """Code flow with PKCE S256; tokens per server, refreshed once on expiry or refusal."""
 
     def __init__(
@@ -44,10 +40,6 @@ class OAuthCodeLogin:
         return oauth.parse_token_response(
             reply.status, reply.body, now=time.time(), previous_refresh_token=previous_refresh
         )
-
-    def authorized(self, record: ServerRecord) -> bool:
-        """Whether tokens are kept for the server."""
-        return self.tokens.exist(record.owner, record.server_id)
 
     async def begin(
         self, record: ServerRecord, endpoints: Endpoints, caller: int
@@ -78,14 +70,3 @@ class OAuthCodeLogin:
             return await self._token_request(endpoints, form, None)
 
         return BrowserAuthorization(url, redirect, record, self.tokens, self._timeout, exchange)
-
-    async def call(
-        self,
-        record: ServerRecord,
-        endpoints: Endpoints,
-        api_call: Callable[[str], Awaitable[T]],
-    ) -> T:
-        """Run `api_call(access_token)` with the server's tokens."""
-        return await self.tokens.call(
-            record.owner, record.server_id, host_of(record), endpoints, api_call
-        )

@@ -32,9 +32,7 @@ _EXPIRY_MARGIN = 30.0
 class TokenKeeper:
     """Calls the API with a server's saved tokens, refreshing them as needed."""
 
-    def __init__(
-        self, secrets: SecretStore, client_id: str, request: TokenRequest | None
-    ) -> None:
+    def __init__(self, secrets: SecretStore, client_id: str, request: TokenRequest | None) -> None:
         """`request` reaches the token endpoint; None where there is none (API v1),
         so that expired or refused tokens mean logging in again."""
         self._secrets = secrets

@@ -16,10 +16,15 @@ from vpnd.errors import ProfileUnavailable
 from vpnd.http import HttpClient
 from vpnd.protocols import eduvpn_v1 as v1
 from vpnd.protocols import eduvpn_v2 as v2
-from vpnd.protocols import ovpnconfig
 from vpnd.protocols.eduvpn import Endpoints, Profile
 from vpnd.providers.base import Connectable, NotThisFamily, Session
-from vpnd.providers.eduvpn_v2 import fetch_messages, keep_keypair, send, stored_keypair
+from vpnd.providers.eduvpn_v2 import (
+    connectable,
+    fetch_messages,
+    keep_keypair,
+    send,
+    stored_keypair,
+)
 
 _JSON = {"Accept": "application/json"}
 
@@ -84,13 +89,7 @@ class EduVPNv1Provider:
             merged = v1.parse_create_config(
                 reply.headers.get("content-type", ""), reply.body, now=time.time()
             )
-        config = ovpnconfig.sanitize(merged.text)
-        if prefer_tcp:
-            config = ovpnconfig.tcp_first(config)
-        return Connectable(
-            "openvpn", ovpnconfig.without(config, "key"), merged.private_key.encode(),
-            merged.expires_at,
-        )  # fmt: skip
+        return connectable(merged, prefer_tcp=prefer_tcp)
 
     async def messages(self, session: Session, languages: Sequence[str]) -> list[v2.Message]:
         """system_messages and user_messages, where the server offers them."""

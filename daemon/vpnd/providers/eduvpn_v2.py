@@ -85,13 +85,7 @@ class EduVPNv2Provider:
         )
         keypair = kept or await self._new_keypair(session)
         merged = v2.complete_config(text, keypair)
-        config = ovpnconfig.sanitize(merged.text)
-        if prefer_tcp:
-            config = ovpnconfig.tcp_first(config)
-        return Connectable(
-            "openvpn", ovpnconfig.without(config, "key"), merged.private_key.encode(),
-            merged.expires_at,
-        )  # fmt: skip
+        return connectable(merged, prefer_tcp=prefer_tcp)
 
     async def messages(self, session: Session, languages: Sequence[str]) -> list[v2.Message]:
         """system_messages and user_messages, in the user's language where the server has it."""
@@ -127,6 +121,16 @@ class EduVPNv2Provider:
 
     async def _send(self, session: Session, request: v2.ApiRequest) -> Response:
         return await send(self._http, session, request)
+
+
+def connectable(merged: v2.ConnectableConfig, *, prefer_tcp: bool) -> Connectable:
+    """A merged API v1/v2 configuration, allow-listed, with its key apart; TCP first if asked."""
+    config = ovpnconfig.sanitize(merged.text)
+    if prefer_tcp:
+        config = ovpnconfig.tcp_first(config)
+    return Connectable(
+        "openvpn", ovpnconfig.without(config, "key"), merged.private_key.encode(), merged.expires_at
+    )
 
 
 async def send(http: HttpClient, session: Session, request: v2.ApiRequest) -> Response:
