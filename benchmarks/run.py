@@ -99,8 +99,11 @@ def _wait_state(conn: DBusConnection, path: str, wanted: set[str], timeout: floa
     return state
 
 
-def vpnd_connect(conn: DBusConnection, server_path: str) -> float:
-    """Seconds from the Connect call to State 'connected' (includes well-known, /connect, openvpn)."""
+def vpnd_connect_instants(
+    conn: DBusConnection, server_path: str, profile: str = "employees"
+) -> tuple[float, float]:
+    """D-Bus Connect → State "connected", then Disconnect; the monotonic instants of
+    the Connect call and of "connected" (well-known, /connect and openvpn between)."""
     rule = MatchRule(
         type="signal",
         interface="org.freedesktop.DBus.Properties",
@@ -115,7 +118,7 @@ def vpnd_connect(conn: DBusConnection, server_path: str) -> float:
                 DBusAddress(server_path, DEST, "org.vpnd.Server1"),
                 "Connect",
                 "sa{sv}",
-                ("employees", {}),
+                (profile, {}),
             ),
             timeout=30,
         )
@@ -126,7 +129,7 @@ def vpnd_connect(conn: DBusConnection, server_path: str) -> float:
             if message.header.fields.get(HeaderFields.path) == path and "State" in changed:
                 state = changed["State"][1]
                 if state == "connected":
-                    elapsed = time.monotonic() - started
+                    connected = time.monotonic()
                     break
                 if state in ("failed", "disconnected"):
                     raise RuntimeError(f"connect ended {state}")
@@ -134,7 +137,13 @@ def vpnd_connect(conn: DBusConnection, server_path: str) -> float:
         new_method_call(DBusAddress(ROOT, DEST, "org.vpnd.Manager1"), "Disconnect"), timeout=30
     )
     _wait_state(conn, path, {"disconnected"})
-    return elapsed
+    return started, connected
+
+
+def vpnd_connect(conn: DBusConnection, server_path: str) -> float:
+    """Seconds from the Connect call to State "connected"."""
+    started, connected = vpnd_connect_instants(conn, server_path)
+    return connected - started
 
 
 def logged_in(bus_address: str, portal: TestPortal, pki: LabPKI, workdir: Path) -> dict[str, str]:

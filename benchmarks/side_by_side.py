@@ -38,9 +38,7 @@ from types import TracebackType
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from jeepney import DBusAddress, MatchRule, message_bus, new_method_call
-from jeepney.io.blocking import DBusConnection, open_dbus_connection
-from jeepney.low_level import HeaderFields
+from jeepney.io.blocking import open_dbus_connection
 from tests.lab.browser import write_browser_script
 from tests.lab.daemon import REPO, VpndProcess, vpnctl
 from tests.lab.dbus import PrivateSystemBus
@@ -49,12 +47,10 @@ from tests.lab.pki import LabPKI
 from tests.lab.portal import TestPortal
 
 from benchmarks.run import (
-    DEST,
-    ROOT,
-    _wait_state,
     find_server,
     logged_in,
     plain_openvpn_connect,
+    vpnd_connect_instants,
     wall,
 )
 
@@ -211,47 +207,6 @@ class PortalClock:
         return ", ".join(f"{what} +{(t - started) * 1000:.1f}" for t, what in sorted(events))
 
 
-def vpnd_connect(conn: DBusConnection, server_path: str) -> tuple[float, float]:
-    """D-Bus Connect → State "connected", then Disconnect; returns the two instants.
-
-    run.py's vpnd_connect, returning when it started and when it was connected.
-    """
-    rule = MatchRule(
-        type="signal",
-        interface="org.freedesktop.DBus.Properties",
-        member="PropertiesChanged",
-        path_namespace=f"{ROOT}/connections",
-    )
-    conn.send_and_get_reply(message_bus.AddMatch(rule), timeout=10)
-    with conn.filter(rule) as queue:
-        started = time.monotonic()
-        reply = conn.send_and_get_reply(
-            new_method_call(
-                DBusAddress(server_path, DEST, "org.vpnd.Server1"),
-                "Connect",
-                "sa{sv}",
-                (PROFILE, {}),
-            ),
-            timeout=30,
-        )
-        path = reply.body[0]
-        while True:
-            message = conn.recv_until_filtered(queue, timeout=30)
-            changed = message.body[1]
-            if message.header.fields.get(HeaderFields.path) == path and "State" in changed:
-                state = changed["State"][1]
-                if state == "connected":
-                    connected = time.monotonic()
-                    break
-                if state in ("failed", "disconnected"):
-                    raise RuntimeError(f"connect ended {state}")
-    conn.send_and_get_reply(
-        new_method_call(DBusAddress(ROOT, DEST, "org.vpnd.Manager1"), "Disconnect"), timeout=30
-    )
-    _wait_state(conn, path, {"disconnected"})
-    return started, connected
-
-
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
@@ -297,7 +252,7 @@ def measure(rounds: int, workdir: Path, log_level: str = "info") -> list[str]:
             # Warm-up, untimed: first TLS connections, imports, page cache.
             plain_openvpn_connect(lab, pki, workdir)
             library.connect()
-            vpnd_connect(conn, server_path)
+            vpnd_connect_instants(conn, server_path, PROFILE)
             wall(vpnctl_connect, vpnctl_env)
             disconnect_vpnctl()
 
@@ -316,7 +271,7 @@ def measure(rounds: int, workdir: Path, log_level: str = "info") -> list[str]:
                     }
                     timelines["eduvpn-common"] = clock.timeline(started, marks, time.monotonic())
 
-                started, connected = vpnd_connect(conn, server_path)
+                started, connected = vpnd_connect_instants(conn, server_path, PROFILE)
                 answered = clock.last("POST /api/v3/connect", started, connected)
                 vpnd["up"].append(connected - started)
                 vpnd["config"].append(answered - started)

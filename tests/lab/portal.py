@@ -57,7 +57,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from tests.lab.netns import OpenVPNLab, Remote, build_client_config
@@ -196,7 +196,86 @@ class _Token:
     expires_at: float
 
 
-class TestPortal:
+class ServedPortal:
+    """What the lab's portals share: real TLS on 127.0.0.1 and an ephemeral port,
+    served by `_PortalServer` from a daemon thread, as a context manager."""
+
+    pki: LabPKI
+    _server: _PortalServer | None
+    _thread: threading.Thread | None
+    _stopping: bool
+    _thread_name = "lab-portal"
+
+    def _on_start(self) -> None:
+        """Called before serving starts."""
+
+    def _on_stop(self) -> None:
+        """Called once stopping, before the server shuts down."""
+
+    def start(self) -> None:
+        """Listen on 127.0.0.1 on an ephemeral port and serve in a daemon thread."""
+        if self._server is not None:
+            return
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.pki.portal_cert_path, self.pki.portal_key_path)
+        self._on_start()
+        # TCP_NODELAY on accepted sockets, TLS handshakes in the connection's own thread.
+        self._server = _PortalServer(self, context)  # type: ignore[arg-type]
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=self._thread_name,
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and close every open connection; safe to call twice."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._stopping = True
+        self._on_stop()
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def host(self) -> str:
+        """The address the portal listens on."""
+        return "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        """The TCP port the portal listens on."""
+        if self._server is None:
+            raise RuntimeError("the portal is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """The portal's base URL, with a trailing slash."""
+        return f"https://{self.host}:{self.port}/"
+
+
+class TestPortal(ServedPortal):
     """An eduVPN API v3 portal for tests and the demo: real TLS on 127.0.0.1, an ephemeral port, a test login that approves without an identity provider."""
 
     __test__ = False  # not a test class, whatever its name says
@@ -271,68 +350,13 @@ class TestPortal:
         with self._state_lock:
             self._access_tokens.clear()
 
-    # --- life cycle ---
+    # --- life cycle (ServedPortal's hooks) ---
 
-    def start(self) -> None:
-        """Listen on 127.0.0.1 on an ephemeral port and serve in a daemon thread."""
-        if self._server is not None:
-            return
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(self.pki.portal_cert_path, self.pki.portal_key_path)
+    def _on_start(self) -> None:
         self._wake.clear()
-        self._server = _PortalServer(self, context)
-        self._stopping = False
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="lab-portal",
-            daemon=True,
-        )
-        self._thread.start()
 
-    def stop(self) -> None:
-        """Stop serving and close every open connection; safe to call twice."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        self._stopping = True
+    def _on_stop(self) -> None:
         self._wake_sleepers()
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def __enter__(self) -> TestPortal:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def host(self) -> str:
-        """The address the portal listens on."""
-        return "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        """The TCP port the portal listens on."""
-        if self._server is None:
-            raise RuntimeError("the portal is not started")
-        return int(self._server.server_address[1])
-
-    @property
-    def base_url(self) -> str:
-        """The portal's base URL, with a trailing slash."""
-        return f"https://{self.host}:{self.port}/"
 
     @property
     def api_endpoint(self) -> str:

@@ -35,11 +35,9 @@ import copy
 import html
 import re
 import secrets
-import ssl
 import threading
 import time
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -51,6 +49,7 @@ from tests.lab.portal import (
     DEFAULT_ACCESS_TOKEN_SECONDS,
     Hostile,
     HostileServed,
+    ServedPortal,
     _error,
     _form_body,
     _json_reply,
@@ -107,12 +106,12 @@ class _Issued:
     expired: bool = False
 
 
-class TestPortalV2:
+class TestPortalV2(ServedPortal):
     """An eduVPN API v2 / v1 portal for tests: real TLS on 127.0.0.1, an ephemeral port."""
 
     __test__ = False  # not a test class, whatever its name says
+    _thread_name = "lab-portal-v2"
 
-    api_version: int
     profiles: list[dict[str, Any]]
     user_disabled: bool
     two_factor_enrolled: bool
@@ -187,65 +186,6 @@ class TestPortalV2:
             self._grants.clear()
             self._access_tokens.clear()
             self._refresh_tokens.clear()
-
-    # --- life cycle ---
-
-    def start(self) -> None:
-        """Listen on 127.0.0.1 on an ephemeral port and serve in a daemon thread."""
-        if self._server is not None:
-            return
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(self.pki.portal_cert_path, self.pki.portal_key_path)
-        # The v3 portal's server: TCP_NODELAY on accepted sockets, TLS
-        # handshakes in the connection's own thread.
-        # (It is typed for TestPortal; it needs only what both portals have.)
-        self._server = _PortalServer(self, context)  # type: ignore[arg-type]
-        self._stopping = False
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="lab-portal-v2",
-            daemon=True,
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop serving and close every open connection; safe to call twice."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        self._stopping = True
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def __enter__(self) -> TestPortalV2:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        """The TCP port the portal listens on."""
-        if self._server is None:
-            raise RuntimeError("the portal is not started")
-        return int(self._server.server_address[1])
-
-    @property
-    def base_url(self) -> str:
-        """The portal's base URL, with a trailing slash."""
-        return f"https://127.0.0.1:{self.port}/"
 
     @property
     def api_base_uri(self) -> str:
