@@ -32,7 +32,7 @@ from vpnd.protocols.connstate import ConnectionMachine, Event, State, openvpn_ev
 from vpnd.protocols.eduvpn import Endpoints
 from vpnd.protocols.management import ByteCountEvent, FatalEvent, StateEvent
 from vpnd.providers import Families
-from vpnd.providers.base import Connectable, Family, PendingAuthorization, Session
+from vpnd.providers.base import Connectable, Family, PendingAuthorization, Provider, Session
 from vpnd.steps import Steps
 from vpnd.store.store import ServerRecord, ServerSecrets, Store, host_of, new_server_id
 from vpnd.tunnel.openvpn import TunnelEvent, TunnelExited
@@ -372,14 +372,21 @@ class Manager:
         finally:
             self._auth_error(server)
 
+    async def _ask(
+        self, server: Server, action: Callable[[Provider, Session], Awaitable[T]]
+    ) -> T:
+        """Find the server's endpoints, then run a provider call there with a credential."""
+        provider = self._family(server).provider
+        endpoints = await provider.discover(server.url)
+        server.endpoints = endpoints
+        return await self._call(server, endpoints, lambda session: action(provider, session))
+
     # -- profiles ----------------------------------------------------------
 
     async def profiles(self, server: Server, locale: str) -> list[dict[str, Any]]:
         """The server's profiles with display names in the caller's language."""
         tags = lang.locale_to_tags(locale)
-        provider = self._family(server).provider
-        endpoints = await provider.discover(server.url)
-        profiles = await self._call(server, endpoints, provider.profiles)
+        profiles = await self._ask(server, lambda provider, session: provider.profiles(session))
         return [
             {
                 "profile_id": p.profile_id,
@@ -392,11 +399,9 @@ class Manager:
 
     async def messages(self, server: Server, locale: str) -> list[dict[str, Any]]:
         """The server's notices (notification, motd, maintenance) in the caller's language."""
-        provider = self._family(server).provider
-        endpoints = await provider.discover(server.url)
         languages = lang.locale_to_tags(locale)
-        messages = await self._call(
-            server, endpoints, lambda session: provider.messages(session, languages)
+        messages = await self._ask(
+            server, lambda provider, session: provider.messages(session, languages)
         )
         return [
             {
