@@ -125,3 +125,37 @@ class AuthorizationDenied(AuthorizationFailed):
 
 class StateMismatch(AuthorizationFailed):
     """An authorization redirect does not carry the state of the request it claims to answer."""
+
+
+# --- OpenVPN Access Server (REST profile API) ---------------------------------
+
+
+class CredentialsRejected(AuthorizationFailed):
+    """The server refused the user name and password (or the answer to its challenge)."""
+
+
+class AutologinNotPermitted(ServerError):
+    """The server does not let this user download an autologin (unattended) profile."""
+
+
+class WebAuthRequired(AuthorizationRequired):
+    """The server wants a web (SAML) login instead of a user name and password.
+
+    `provider` is the web-login provider the server named and `flags` its
+    flags, both as the server sent them (cleaned), so a client can offer the
+    web login.
+    """
+
+    def __init__(self, message: str, *, provider: str = "", flags: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.flags = flags
+
+
+class AccessServerFailure(ServerError):
+    """The Access Server reported an internal failure while producing the profile."""
+
+
+class RestCallFailed(ServerError):
+    """An Access Server REST call failed for a reason vpnd does not know; the
+    message carries the server's (cleaned) text."""
