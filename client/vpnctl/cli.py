@@ -175,8 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     server_help = "the server's URL, or an unambiguous part of it such as its host name"
 
-    sub = command("add", _cmd_add, "add an eduVPN / Let's Connect! server", system=True)
+    sub = command(
+        "add",
+        _cmd_add,
+        "add an eduVPN / Let's Connect! server, or an OpenVPN Access Server",
+        system=True,
+    )
     sub.add_argument("url", metavar="URL", help="the server's https URL")
+    sub.add_argument(
+        "--access-server",
+        action="store_true",
+        help="an OpenVPN Access Server: sign in with a user name and password now",
+    )
+    _sign_in_arguments(sub)
 
     sub = command("list", _cmd_list, "list your servers and their authorization", system=True)
     sub.add_argument("--json", action="store_true", help="print JSON")
@@ -195,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"how long to wait for the login to finish (default {LOGIN_TIMEOUT:g})",
     )
+    _sign_in_arguments(sub)
 
     sub = command("profiles", _cmd_profiles, "list the VPN profiles a server offers", system=True)
     sub.add_argument("server", metavar="SERVER", help=server_help)
@@ -259,7 +271,73 @@ def _write(out: IO[str], text: str) -> None:
     out.write(text + "\n")
 
 
+def _sign_in_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--user", metavar="NAME", help="Access Server: the user name (else asked)")
+    sub.add_argument(
+        "--autologin",
+        action="store_true",
+        help="Access Server: the profile that connects without asking (needs the permission)",
+    )
+    sub.add_argument(
+        "--remember", action="store_true", help="Access Server: keep the password (sealed)"
+    )
+    sub.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="Access Server: read the password from standard input instead of asking",
+    )
+
+
+def _ask(prompt: str, *, echo: bool) -> str:
+    """A line from the person at the terminal; VpnctlError when there is none."""
+    if not sys.stdin.isatty():
+        raise VpnctlError(
+            f"vpnd needs an answer ({prompt.strip().rstrip(':')}) and there is no terminal to"
+            " ask on (for a password, use --password-stdin)"
+        )
+    if echo:
+        return input(prompt)
+    import getpass
+
+    return getpass.getpass(prompt)
+
+
+def _sign_in(bus: DaemonBus, path: str, args: argparse.Namespace, out: IO[str]) -> None:
+    """Sign in to an Access Server: user name and password, then any question it asks."""
+    username = args.user or _ask("User name: ", echo=True)
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = _ask(f"Password for {username}: ", echo=False)
+    fields = {
+        "username": username,
+        "password": password,
+        "profile": "autologin" if args.autologin else "userlogin",
+        "remember": "yes" if args.remember else "no",
+    }
+    while True:
+        (asked,) = bus.call(path, SERVER_INTERFACE, "SignIn", "a{ss}", fields)
+        if "challenge" not in asked:
+            return
+        question = str(asked["challenge"])
+        answer = _ask(f"{question}: ", echo=bool(asked.get("echo")))
+        fields = {"response": answer}
+
+
 def _cmd_add(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
+    if args.access_server:
+        options = {"kind": ("s", "access-server"), "system": ("b", bool(args.system))}
+        (path,) = bus.call(
+            MANAGER_PATH, MANAGER_INTERFACE, "AddServerWithOptions", "sa{sv}", args.url, options
+        )
+        try:
+            _sign_in(bus, path, args, out)
+        except (VpnctlError, BusError, KeyboardInterrupt):
+            # A server that could not be signed in to is not kept.
+            bus.call(MANAGER_PATH, MANAGER_INTERFACE, "RemoveServer", "o", path)
+            raise
+        _write(out, f"Added {bus.get(path, SERVER_INTERFACE, 'Url')} and signed in")
+        return EXIT_OK
     method = "AddSystemServer" if args.system else "AddServer"
     (path,) = bus.call(MANAGER_PATH, MANAGER_INTERFACE, method, "s", args.url)
     properties = bus.get_all(path, SERVER_INTERFACE)
@@ -340,6 +418,10 @@ def _cmd_status(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
 
 def _cmd_login(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
     path = _find_server(bus, args)
+    if bus.get(path, SERVER_INTERFACE, "Kind") == "access-server":
+        _sign_in(bus, path, args, out)
+        _write(out, f"Signed in to {bus.get(path, SERVER_INTERFACE, 'Url')}")
+        return EXIT_OK
     # Subscribed before Authorize: a quick login must not finish unseen.
     finished = bus.subscribe(path=path, interface=SERVER_INTERFACE, member="AuthorizationFinished")
     (url,) = bus.call(path, SERVER_INTERFACE, "Authorize")

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -231,11 +231,15 @@ class Manager:
                 )
         raise NotFound(f"no server of yours matches {query!r}")
 
-    async def add_server(self, owner: int, url: str) -> Server:
-        """Add a server after finding out which API it speaks."""
+    async def add_server(self, owner: int, url: str, kind: str | None = None) -> Server:
+        """Add a server after finding out which API it speaks (or checking `kind`'s)."""
         base_url = eduvpn.normalize_base_url(url)
         self._check_can_add(owner, base_url)
-        family, _endpoints = await self._families.detect(base_url)
+        if kind is None:
+            family, _endpoints = await self._families.detect(base_url)
+        else:
+            family = self._families.of(kind)
+            await family.provider.discover(base_url)
         # The discovery above awaited: another call may have added one meanwhile.
         self._check_can_add(owner, base_url)
         record = ServerRecord(
@@ -334,6 +338,15 @@ class Manager:
         server.authorized = self._is_authorized(server)
         self._listener.server_changed(server, changed)
         self._listener.authorization_finished(server, error)
+
+    async def sign_in(self, server: Server, fields: Mapping[str, str]) -> dict[str, Any]:
+        """Log in with what the user typed; {} when done, else what the server asks next."""
+        family = self._family(server)
+        endpoints = await family.provider.discover(server.url)
+        try:
+            return await family.login.sign_in(server.record, endpoints, fields)
+        finally:
+            self._auth_error(server)
 
     def _cancel_authorization(self, server: Server, reason: str) -> None:
         task, pending = server._authorization, server._pending

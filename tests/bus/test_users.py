@@ -310,7 +310,7 @@ def written_api() -> dict[str, ET.Element]:
 
 def dummy_args(method: ET.Element, path: str) -> list[list[Any]]:
     """Plausible arguments for every in-argument of a method from the written API."""
-    samples = {"s": "guests", "o": path, "a{sv}": {}, "u": 0, "b": False}
+    samples = {"s": "guests", "o": path, "a{sv}": {}, "a{ss}": {"username": "x"}, "u": 0, "b": False}
     return [
         [arg.get("type"), samples[arg.get("type", "")]]
         for arg in method.iter("arg")

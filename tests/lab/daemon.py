@@ -182,8 +182,9 @@ def vpnctl(
     *,
     timeout: float = 60,
     user: int | None = None,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run vpnctl as a person would; optionally as another UID."""
+    """Run vpnctl as a person would; optionally as another UID, or with `stdin` as its input."""
     command = [sys.executable, "-m", "vpnctl", *args]
     if user is not None:
         command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
@@ -192,7 +193,8 @@ def vpnctl(
     return subprocess.run(
         command,
         env=full_env,
-        stdin=subprocess.DEVNULL,
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -10,7 +10,7 @@ tests/bus and tests/e2e.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -148,6 +148,16 @@ class FakeLogin:
         self.pending.append(FakePending(self, record, caller))
         return self.pending[-1]
 
+    async def sign_in(
+        self, record: ServerRecord, endpoints: Endpoints, fields: Mapping[str, str]
+    ) -> dict[str, Any]:
+        if fields.get("password") == "ask me":
+            return {"challenge": "PIN", "echo": False, "response_required": True}
+        if fields.get("password") != "right" and fields.get("response") != "1234":
+            raise AuthorizationFailed("the server refused the user name and password")
+        self.credentials[record.server_id] = "profile"
+        return {}
+
     async def call(
         self, record: ServerRecord, endpoints: Endpoints, api_call: Callable[[str], Awaitable[T]]
     ) -> T:
@@ -225,13 +235,20 @@ class World:
         self.store = Store(self.settings.state_dir)
         self.v3 = FakeProvider("eduvpn-v3")
         self.v2 = FakeProvider("eduvpn-v2")
+        self.named = FakeProvider("access-server")  # added by name, never detected
         self.login = FakeLogin()
         self.tunnels: list[FakeTunnel] = []
         self.listener = Recorder()
         self.manager = self.new_manager()
 
     def new_manager(self) -> Manager:
-        families = Families([Family(self.v3, self.login), Family(self.v2, self.login)])
+        families = Families(
+            [
+                Family(self.v3, self.login),
+                Family(self.v2, self.login),
+                Family(self.named, self.login, detected=False),
+            ]
+        )
         return Manager(self.settings, self.store, families, self.tunnel, self.listener)
 
     def tunnel(
@@ -296,6 +313,29 @@ async def test_add_detects_the_family_and_stores_its_kind(world: World) -> None:
     assert world.listener.names() == ["server_added", "server_added"]
     stored = {r.url: r.kind for r in Store(world.settings.state_dir).load_servers()}
     assert stored == {"https://new.example.org/": "eduvpn-v3", "https://old.example.org/": "eduvpn-v2"}
+
+
+async def test_a_family_added_by_name_is_never_detected(world: World) -> None:
+    world.named.speaks.add(URL)
+    with pytest.raises(NotThisFamily):
+        await world.manager.add_server(OWNER, URL)
+    server = await world.manager.add_server(OWNER, URL, "access-server")
+    assert server.kind == "access-server"
+    with pytest.raises(ServerError, match="does not speak"):
+        await world.manager.add_server(OWNER, "https://other.example.org/", "wireguard-v9")
+
+
+async def test_sign_in_with_a_question_in_between(world: World) -> None:
+    world.named.speaks.add(URL)
+    server = await world.manager.add_server(OWNER, URL, "access-server")
+    with pytest.raises(AuthorizationFailed):
+        await world.manager.sign_in(server, {"username": "alice", "password": "wrong"})
+    assert not server.authorized
+    asked = await world.manager.sign_in(server, {"username": "alice", "password": "ask me"})
+    assert asked == {"challenge": "PIN", "echo": False, "response_required": True}
+    assert await world.manager.sign_in(server, {"response": "1234"}) == {}
+    assert server.authorized
+    assert ("server_changed", server, frozenset({"authorized"})) in world.listener.events
 
 
 async def test_a_server_that_speaks_no_family_is_not_added(world: World) -> None:

@@ -9,12 +9,12 @@ browser's page how it went. Only the middle step differs: `grant`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from vpnd.auth.loopback import LoopbackRedirect
 from vpnd.auth.tokens import TokenKeeper
-from vpnd.errors import AuthorizationFailed, VpndError
+from vpnd.errors import AuthorizationFailed, InvalidArgument, VpndError
 from vpnd.protocols.eduvpn import Endpoints
 from vpnd.protocols.oauth import Tokens
 from vpnd.store.store import ServerRecord, host_of
@@ -34,6 +34,14 @@ class TokenLogin:
     def authorized(self, record: ServerRecord) -> bool:
         """Whether tokens are kept for the server."""
         return self.tokens.exist(record.owner, record.server_id)
+
+    async def sign_in(
+        self, record: ServerRecord, endpoints: Endpoints, fields: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """These servers log in through the browser only."""
+        raise InvalidArgument(
+            f"{host_of(record)} logs in through the browser, not with a user name and password"
+        )
 
     async def call(
         self,

@@ -117,6 +117,13 @@ class ManagerObject(BusObject):
         await self._gate.require(call, SYSTEM_OWNER, polkit.MANAGE_OWN_SERVERS)
         return server_path(await self._manager.add_server(SYSTEM_OWNER, url))
 
+    async def AddServerWithOptions(self, call: Call, url: str, options: dict[str, Any]) -> str:
+        url = validate.url(url)
+        kind, system = validate.add_options(options)
+        owner = SYSTEM_OWNER if system else call.uid
+        await self._gate.require(call, owner, polkit.MANAGE_OWN_SERVERS)
+        return server_path(await self._manager.add_server(owner, url, kind))
+
     async def RemoveServer(self, call: Call, path: str) -> None:
         server = self._frontend.server_at(validate.server_path(path))
         await self._gate.require(call, server.owner, polkit.MANAGE_OWN_SERVERS)
@@ -215,6 +222,13 @@ class ServerObject(BusObject):
             }
             for m in messages
         ]
+
+    async def SignIn(self, call: Call, fields: dict[str, str]) -> dict[str, Variant]:
+        fields = validate.sign_in_fields(fields)
+        await self._frontend.gate.require(call, self.owner, polkit.MANAGE_OWN_SERVERS)
+        asked = await self._frontend.manager.sign_in(self.server, fields)
+        signatures = {"challenge": "s", "echo": "b", "response_required": "b"}
+        return {key: Variant(signatures[key], value) for key, value in asked.items()}
 
     async def Connect(self, call: Call, profile_id: str, options: dict[str, Any]) -> str:
         profile_id = validate.profile_id(profile_id)

@@ -115,6 +115,7 @@ MANAGER = Interface(
     methods=(
         Method("AddServer", (("url", "s"),), (("server", "o"),)),
         Method("AddSystemServer", (("url", "s"),), (("server", "o"),)),
+        Method("AddServerWithOptions", (("url", "s"), ("options", "a{sv}")), (("server", "o"),)),
         Method("RemoveServer", (("server", "o"),)),
         Method("FindServer", (("query", "s"),), (("server", "o"),)),
         Method("FindSystemServer", (("query", "s"),), (("server", "o"),)),
@@ -135,6 +136,7 @@ SERVER = Interface(
         Method("Authorize", (), (("url", "s"),)),
         Method("GetProfiles", (("locale", "s"),), (("profiles", "aa{sv}"),)),
         Method("GetMessages", (("locale", "s"),), (("messages", "aa{sv}"),)),
+        Method("SignIn", (("fields", "a{ss}"),), (("next", "a{sv}"),)),
         Method("Connect", (("profile_id", "s"), ("options", "a{sv}")), (("connection", "o"),)),
     ),
     properties=_SERVER_PROPERTIES,

@@ -23,6 +23,10 @@ _LOCALE = re.compile(r"[A-Za-z0-9_.@:+-]{0,128}")
 _SERVER_PATH = re.compile(re.escape(SERVERS_PATH) + r"/[0-9a-f]{16}")
 
 CONNECT_OPTIONS = {"prefer_tcp": "b"}
+ADD_OPTIONS = {"kind": "s", "system": "b"}
+# What AddServerWithOptions' kind may name: "eduvpn" finds the generation itself.
+ADD_KINDS = {"eduvpn": None, "access-server": "access-server"}
+SIGN_IN_FIELDS = frozenset({"username", "password", "profile", "remember", "response"})
 
 
 def text(value: str, what: str, *, limit: int = MAX_TEXT) -> str:
@@ -63,18 +67,41 @@ def profile_id(value: str) -> str:
     return value
 
 
+def _options(options: dict[str, Any], known: dict[str, str], what: str) -> dict[str, Any]:
+    """The values of an a{sv} of options, each of a known name and type."""
+    if len(options) > MAX_OPTIONS:
+        raise InvalidArgument(f"more than {MAX_OPTIONS} {what} options")
+    values = {}
+    for key, value in options.items():
+        expected = known.get(key)
+        if expected is None or not isinstance(value, Variant) or value.signature != expected:
+            listed = ", ".join(f"{k} ({s})" for k, s in known.items())
+            raise InvalidArgument(f"unknown {what} option {key[:40]!r} (known: {listed})")
+        values[key] = value.value
+    return values
+
+
 def connect_options(options: dict[str, Any]) -> bool:
     """Connect's options; returns prefer_tcp."""
-    if len(options) > MAX_OPTIONS:
-        raise InvalidArgument(f"more than {MAX_OPTIONS} connect options")
-    prefer_tcp = False
-    for key, value in options.items():
-        expected = CONNECT_OPTIONS.get(key)
-        if expected is None or not isinstance(value, Variant) or value.signature != expected:
-            known = ", ".join(f"{k} ({s})" for k, s in CONNECT_OPTIONS.items())
-            raise InvalidArgument(f"unknown connect option {key[:40]!r} (known: {known})")
-        prefer_tcp = bool(value.value)
-    return prefer_tcp
+    return bool(_options(options, CONNECT_OPTIONS, "connect").get("prefer_tcp", False))
+
+
+def add_options(options: dict[str, Any]) -> tuple[str | None, bool]:
+    """AddServerWithOptions' options; returns the server kind (None: find out) and system."""
+    values = _options(options, ADD_OPTIONS, "add")
+    kind = values.get("kind", "eduvpn")
+    if kind not in ADD_KINDS:
+        raise InvalidArgument(f"a server kind is one of {', '.join(ADD_KINDS)}")
+    return ADD_KINDS[kind], bool(values.get("system", False))
+
+
+def sign_in_fields(fields: dict[str, str]) -> dict[str, str]:
+    """SignIn's fields: known names, bounded values without control characters."""
+    unknown = sorted(set(fields) - SIGN_IN_FIELDS)
+    if unknown:
+        known = ", ".join(sorted(SIGN_IN_FIELDS))
+        raise InvalidArgument(f"unknown sign-in field {unknown[0][:40]!r} (known: {known})")
+    return {key: text(value, f"sign-in field {key}", limit=4096) for key, value in fields.items()}
 
 
 def server_path(value: str) -> str:

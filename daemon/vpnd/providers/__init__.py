@@ -22,6 +22,11 @@ class Families:
         self._order = tuple(families)
         self._by_kind = {family.kind: family for family in families}
 
+    @property
+    def kinds(self) -> list[str]:
+        """Every kind this daemon speaks."""
+        return [family.kind for family in self._order]
+
     def of(self, kind: str) -> Family:
         """The family of a stored server's kind."""
         try:
@@ -38,7 +43,7 @@ class Families:
         The newest API is tried first. When the server speaks none, the error
         is the first family's: it names the document a current server has."""
         first: NotThisFamily | None = None
-        for family in self._order:
+        for family in (f for f in self._order if f.detected):
             try:
                 return family, await family.provider.discover(base_url)
             except NotThisFamily as exc:
@@ -50,8 +55,10 @@ class Families:
 
 def default_families(http: HttpClient, secrets: SecretStore, settings: Settings) -> Families:
     """Every family this daemon speaks, newest API first."""
+    from vpnd.auth.access_server import AccessServerLogin
     from vpnd.auth.implicit import ImplicitLogin
     from vpnd.auth.oauth_code import OAuthCodeLogin
+    from vpnd.providers.access_server import AccessServerProvider
     from vpnd.providers.eduvpn_v1 import EduVPNv1Provider
     from vpnd.providers.eduvpn_v2 import EduVPNv2Provider
     from vpnd.providers.eduvpn_v3 import EduVPNv3Provider
@@ -63,5 +70,6 @@ def default_families(http: HttpClient, secrets: SecretStore, settings: Settings)
             Family(EduVPNv3Provider(http), code_login),
             Family(EduVPNv2Provider(http), code_login),
             Family(EduVPNv1Provider(http), ImplicitLogin(secrets, settings.client_id, timeout)),
+            Family(AccessServerProvider(), AccessServerLogin(http, secrets), detected=False),
         ]
     )

@@ -9,7 +9,7 @@ profiles and a connectable configuration, and the login for a credential.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -138,6 +138,15 @@ class Login(Protocol):
         """Start a login on behalf of `caller`; the URL goes to the user's browser."""
         ...
 
+    async def sign_in(
+        self, record: ServerRecord, endpoints: Endpoints, fields: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """Log in with what the user typed (a user name and password, an answer).
+
+        Returns {} when done, or what the server asks next. InvalidArgument for
+        a family that logs in through the browser instead."""
+        ...
+
     async def call(
         self,
         record: ServerRecord,
@@ -152,10 +161,15 @@ class Login(Protocol):
 
 @dataclass(frozen=True)
 class Family:
-    """A server kind: its provider and its login."""
+    """A server kind: its provider and its login.
+
+    `detected`: tried on a server added without a kind (the eduVPN
+    generations, which a discovery document announces); others are added by
+    name."""
 
     provider: Provider
     login: Login
+    detected: bool = True
 
     @property
     def kind(self) -> str:
