@@ -200,11 +200,19 @@ class ServedPortal:
     """What the lab's portals share: real TLS on 127.0.0.1 and an ephemeral port,
     served by `_PortalServer` from a daemon thread, as a context manager."""
 
-    pki: LabPKI
-    _server: _PortalServer | None
-    _thread: threading.Thread | None
-    _stopping: bool
     _thread_name = "lab-portal"
+
+    def __init__(self, pki: LabPKI, lab: OpenVPNLab | None) -> None:
+        """What every portal holds: the lab's PKI and network, a lock for its
+        state (the server's threads read it), and no server until `start`."""
+        self.pki = pki
+        self.lab = lab
+        self._state_lock = threading.Lock()
+        self._server: _PortalServer | None = None
+        self._thread: threading.Thread | None = None
+        # Bumped by reset(): hostile replies of an older generation end.
+        self._generation = 0
+        self._stopping = False
 
     def _on_start(self) -> None:
         """Called before serving starts."""
@@ -301,21 +309,14 @@ class TestPortal(ServedPortal):
         profiles: list[dict[str, Any]] | None = None,
     ) -> None:
         """Prepare a portal; it listens once `start` is called."""
-        self.pki = pki
-        self.lab = lab
+        super().__init__(pki, lab)
         self._initial_profiles = copy.deepcopy(
             profiles if profiles is not None else DEFAULT_PROFILES
         )
-        self._state_lock = threading.Lock()
         self._wake = threading.Event()
-        self._server: _PortalServer | None = None
-        self._thread: threading.Thread | None = None
         self._codes: dict[str, _Code] = {}
         self._access_tokens: dict[str, _Token] = {}
         self._refresh_tokens: dict[str, _Authorization] = {}
-        # Bumped by reset(): hostile replies of an older generation end.
-        self._generation = 0
-        self._stopping = False
         self.reset()
 
     # --- knobs and records ---

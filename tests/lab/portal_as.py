@@ -51,7 +51,6 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -60,7 +59,7 @@ from xml.sax.saxutils import escape
 
 from tests.lab.netns import OpenVPNLab, Remote, build_client_config
 from tests.lab.pki import LabPKI
-from tests.lab.portal import Hostile, HostileServed, ServedPortal, _PortalServer, _Reply
+from tests.lab.portal import Hostile, HostileServed, ServedPortal, _Reply
 
 ProfileKind = Literal["userlogin", "autologin"]
 
@@ -241,18 +240,12 @@ class TestAccessServer(ServedPortal):
     ) -> None:
         """Prepare a server; it listens once `start` is called. `users` and
         `autologin_users` are the defaults `reset()` restores."""
-        self.pki = pki
-        self.lab = lab
+        super().__init__(pki, lab)
         self._initial_users = dict(users if users is not None else DEFAULT_USERS)
         self._initial_autologin = set(
             autologin_users if autologin_users is not None else DEFAULT_AUTOLOGIN_USERS
         )
-        self._state_lock = threading.Lock()
-        self._server: _PortalServer | None = None
-        self._thread: threading.Thread | None = None
         self._pending: dict[str, _Pending] = {}
-        self._generation = 0
-        self._stopping = False
         self.reset()
 
     def reset(self) -> None:

@@ -35,7 +35,6 @@ import copy
 import html
 import re
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +53,6 @@ from tests.lab.portal import (
     _form_body,
     _json_reply,
     _parse_form,
-    _PortalServer,
     _redirect,
     _Reply,
     _s256,
@@ -137,20 +135,14 @@ class TestPortalV2(ServedPortal):
         profiles: list[dict[str, Any]] | None = None,
     ) -> None:
         """Prepare a portal; it listens once `start` is called."""
-        self.pki = pki
-        self.lab = lab
+        super().__init__(pki, lab)
         self._initial_profiles = copy.deepcopy(
             profiles if profiles is not None else DEFAULT_PROFILES
         )
-        self._state_lock = threading.Lock()
-        self._server: _PortalServer | None = None
-        self._thread: threading.Thread | None = None
         self._grants: dict[str, _Grant] = {}
         self._access_tokens: dict[str, float] = {}
         self._refresh_tokens: set[str] = set()
         self._certificates: dict[str, _Issued] = {}
-        self._generation = 0
-        self._stopping = False
         self.reset()
 
     def reset(self) -> None:
