@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from vpnd import __version__, config
 from vpnd.errors import VpndError
+from vpnd.steps import Steps
 
 if TYPE_CHECKING:
     from dbus_fast import RequestNameReply
@@ -215,8 +216,11 @@ async def _stay_on_bus(
         stopping.cancel()
 
 
-async def run(settings: config.Settings) -> int:
-    """Serve on the system bus until SIGTERM/SIGINT; return the exit status."""
+async def run(settings: config.Settings, steps: Steps | None = None) -> int:
+    """Serve on the system bus until SIGTERM/SIGINT; return the exit status.
+
+    `steps` times the start-up (logged at debug level)."""
+    steps = steps or Steps(log, "start")
     from dbus_fast import RequestNameReply
 
     from vpnd.bus import transport
@@ -228,6 +232,7 @@ async def run(settings: config.Settings) -> int:
     from vpnd.store.store import Store
     from vpnd.tunnel.openvpn import Tunnel, TunnelEvent, TunnelSettings
 
+    steps.step("imported the daemon")
     notify = _notifier()
     try:
         _prepare_runtime_dir(settings.runtime_dir)
@@ -260,11 +265,13 @@ async def run(settings: config.Settings) -> int:
         return 1
     assert bus is not None
     bus_id = await transport.bus_id(bus)
+    steps.step("opened the store and connected to the bus")
     frontend = BusFrontend(bus)
     families = default_families(http, store.secrets, settings)
     manager = Manager(settings, store, families, new_tunnel, frontend)
     frontend.attach(manager)
     manager.load()
+    steps.step("loaded the servers")
     reply = await bus.request_name(BUS_NAME)
     if reply is not RequestNameReply.PRIMARY_OWNER:
         log.error("%s is already owned by another process (%s); is vpnd running?", BUS_NAME, reply)
@@ -276,6 +283,7 @@ async def run(settings: config.Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
+    steps.step("owns its bus name")
     notify("READY=1\nSTATUS=Serving on the system bus")
     log.info("vpnd %s ready on the system bus as %s", __version__, BUS_NAME)
     try:
@@ -300,6 +308,7 @@ async def run(settings: config.Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
+    steps = Steps(log, "start")
     args = _parse_args(argv)
     overrides: dict[str, Any] = {
         "state_dir": str(Path(args.state_dir).absolute()) if args.state_dir else None,
@@ -314,8 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(settings.log_level)
     if os.geteuid() != 0:
         log.warning("not running as root: openvpn will not be able to create tunnels")
+    steps.step("read the settings")
     try:
-        return asyncio.run(run(settings))
+        return asyncio.run(run(settings, steps))
     except KeyboardInterrupt:
         return 130
 
