@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 
 from tests.lab.pki import LabPKI
-from vpnd.auth.access_server import PROFILE, device_id
-from vpnd.errors import AuthorizationRequired, ConfigRejected, NotFound
+from vpnd.auth.access_server import _MAX_WAITING, PROFILE, AccessServerLogin, device_id
+from vpnd.errors import AuthorizationRequired, ConfigRejected, InvalidArgument, NotFound
+from vpnd.http import Response
 from vpnd.protocols.eduvpn import Endpoints
 from vpnd.providers.access_server import AccessServerProvider
 from vpnd.providers.base import Session
-from vpnd.store.store import ServerSecrets, Store
+from vpnd.store.store import ServerRecord, ServerSecrets, Store
 
 CA = "<ca>\n-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n</ca>\n"
 
@@ -71,3 +72,34 @@ def test_the_device_id_is_stable_and_hides_the_machine_id(tmp_path: Path) -> Non
     machine.write_text("fedcba9876543210fedcba9876543210\n")
     assert device_id(machine) != first
     assert device_id(tmp_path / "missing").startswith("vpnd-")
+
+
+class QuestioningServer:
+    """Stands in for the Access Server's REST API (the lab's real one is in the bus
+    tests): every download is answered with a CRV1 question."""
+
+    def __init__(self) -> None:
+        self.gets = 0
+
+    async def get(self, url: str, *, headers: dict[str, str]) -> Response:
+        self.gets += 1
+        body = (
+            "<Error><Type>Authorization Required</Type><Message>"
+            f"CRV1:R,E:state{self.gets}:dGVzdA==:What is 1 x 3?</Message></Error>"
+        ).encode()
+        return Response(401, {"content-type": "text/xml"}, body, url)
+
+
+async def test_waiting_questions_are_bounded(tmp_path: Path) -> None:
+    server = QuestioningServer()
+    login = AccessServerLogin(server, Store(tmp_path / "state").secrets, "vpnd-test")  # type: ignore[arg-type]
+    endpoints = Endpoints("https://as.example.org/", "", "")
+    for n in range(_MAX_WAITING + 10):
+        record = ServerRecord(f"{n:016x}", 1000, "https://as.example.org/", 1.0, "access-server")
+        asked = await login.sign_in(record, endpoints, {"username": "u", "password": "p"})
+        assert asked["challenge"] == "What is 1 x 3?"
+    assert len(login._challenges) == _MAX_WAITING
+    # The oldest were dropped: answering one of them starts over.
+    oldest = ServerRecord(f"{0:016x}", 1000, "https://as.example.org/", 1.0, "access-server")
+    with pytest.raises(InvalidArgument, match="no question"):
+        await login.sign_in(oldest, endpoints, {"response": "3"})

@@ -31,6 +31,9 @@ PROFILE = "profile"  # the vault record: {"kind": "autologin"|"userlogin", "text
 CREDENTIALS = "credentials"  # kept only on request: {"username", "password"}
 
 _MACHINE_ID = Path("/etc/machine-id")
+# Questions waiting for an answer, at most: the oldest is dropped (its login
+# starts over), so abandoned sign-ins cannot grow the daemon.
+_MAX_WAITING = 256
 
 
 def device_id(machine_id_file: Path = _MACHINE_ID) -> str:
@@ -102,7 +105,10 @@ class AccessServerLogin:
                 reply.status, reply.headers.get("content-type"), reply.body
             )
         except rest.ChallengeRequired as exc:
+            self._challenges.pop(record.server_id, None)
             self._challenges[record.server_id] = (kind, exc.challenge, keep)
+            while len(self._challenges) > _MAX_WAITING:
+                del self._challenges[next(iter(self._challenges))]
             log.info("%s asks a question before it hands out the profile", host_of(record))
             return {
                 "challenge": exc.challenge.text,
