@@ -13,8 +13,9 @@ neither forge lines in a terminal nor put a NUL on the bus.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 from vpnd.errors import AuthorizationRequired, NotFound, ServerError
 
@@ -186,9 +187,23 @@ def parse_info(body: bytes) -> list[Profile]:
     profile_list = info.get("profile_list") if isinstance(info, dict) else None
     if not isinstance(profile_list, list):
         raise ServerError('the server\'s /info reply has no "info.profile_list" list')
-    if len(profile_list) > MAX_PROFILES:
+    return read_profiles(profile_list, _profile)
+
+
+class _HasProfileId(Protocol):
+    @property
+    def profile_id(self) -> str: ...
+
+
+_P = TypeVar("_P", bound=_HasProfileId)
+
+
+def read_profiles(items: list[object], read: Callable[[object], _P]) -> list[_P]:
+    """A server's list of profiles, each item read by `read`: ServerError when it holds
+    more than MAX_PROFILES or names a profile_id twice (which one would be meant?)."""
+    if len(items) > MAX_PROFILES:
         raise ServerError(f"the server's profile list has more than {MAX_PROFILES} profiles")
-    profiles = [_profile(item) for item in profile_list]
+    profiles = [read(item) for item in items]
     ids = [p.profile_id for p in profiles]
     if len(set(ids)) != len(ids):
         raise ServerError("the server's profile list names the same profile_id twice")

@@ -48,7 +48,7 @@ from vpnd.protocols.documents import (
     resolved_https_url,
     translated_text,
 )
-from vpnd.protocols.eduvpn import MAX_PROFILES, Endpoints, Profile
+from vpnd.protocols.eduvpn import Endpoints, Profile, read_profiles
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -489,13 +489,7 @@ def parse_profile_list(body: bytes) -> list[LegacyProfile]:
     data = parse_envelope(PROFILE_LIST, body)
     if not isinstance(data, list):
         raise ServerError("the server's profile list is not a list")
-    if len(data) > MAX_PROFILES:
-        raise ServerError(f"the server's profile list has more than {MAX_PROFILES} profiles")
-    profiles = [_legacy_profile(item) for item in data]
-    ids = [p.profile_id for p in profiles]
-    if len(set(ids)) != len(ids):
-        raise ServerError("the server's profile list names the same profile_id twice")
-    return profiles
+    return read_profiles(data, _legacy_profile)
 
 
 def parse_user_info(body: bytes) -> UserInfo:
