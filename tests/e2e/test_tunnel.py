@@ -92,9 +92,12 @@ class MakeTunnel:
         settings: TunnelSettings,
         *,
         private_key: bytes | None = None,
+        user_pass: tuple[str, str] | None = None,
     ) -> tuple[Tunnel, Recorder]:
         recorder = Recorder()
-        self.made.append(Tunnel(name, config, settings, recorder, private_key=private_key))
+        self.made.append(
+            Tunnel(name, config, settings, recorder, private_key=private_key, user_pass=user_pass)
+        )
         return self.made[-1], recorder
 
 
@@ -373,6 +376,46 @@ async def test_a_missing_binary_fails_start(
 
     assert recorder.events == []
     assert_nothing_left(tunnel, runtime_dir)
+
+
+def with_auth_user_pass(profile: str) -> str:
+    """The profile asking for a user name and password, as Access Server's userlogin ones do."""
+    return profile.replace("client\n", "client\nauth-user-pass\n", 1)
+
+
+async def test_openvpn_gets_the_kept_user_name_and_password_once(
+    openvpn_lab: OpenVPNLab,
+    client_profile: str,
+    settings: TunnelSettings,
+    needs_openvpn: None,
+    make_tunnel: MakeTunnel,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The lab server does not check passwords: that openvpn asked and went on
+    # is what shows the answer arrived, quoted as a password with blanks needs.
+    caplog.set_level(logging.DEBUG, logger="vpnd.tunnel")
+    tunnel, recorder = make_tunnel(
+        "userpass", with_auth_user_pass(client_profile), settings,
+        user_pass=("alice", 'correct "horse" battery'),
+    )  # fmt: skip
+    await tunnel.start()
+    await recorder.wait_for(lambda e: isinstance(e, StateEvent) and e.name == "CONNECTED")
+    assert "answering the user name and password request" in caplog.text
+    assert "horse" not in caplog.text  # never logged
+    await tunnel.stop()
+
+
+async def test_openvpn_asking_for_a_password_nobody_keeps_ends_at_once(
+    openvpn_lab: OpenVPNLab,
+    client_profile: str,
+    settings: TunnelSettings,
+    needs_openvpn: None,
+    make_tunnel: MakeTunnel,
+) -> None:
+    tunnel, recorder = make_tunnel("nopass", with_auth_user_pass(client_profile), settings)
+    await tunnel.start()
+    exited = await recorder.exited()
+    assert "vpnd keeps none" in exited.reason
 
 
 async def test_a_real_tunnel_carries_packets(

@@ -175,11 +175,14 @@ class Tunnel:
         on_event: Callable[[TunnelEvent], None],
         *,
         private_key: bytes | None = None,
+        user_pass: tuple[str, str] | None = None,
     ) -> None:
         """`name` names the socket (letters, digits, `._-`); `config` is sanitized config text.
 
         With `private_key` (PEM) openvpn signs through the daemon and never
         sees the key; `config` must then hold no key of its own (ValueError).
+        `user_pass` answers openvpn's request for a user name and password
+        (`auth-user-pass`), once: a second request means the server refused it.
         """
         if _NAME.fullmatch(name) is None:
             raise ValueError(f"invalid tunnel name {name!r}")
@@ -216,6 +219,8 @@ class Tunnel:
         self._tail: deque[_LogLine] = deque(maxlen=_TAIL_LINES)
         self._fatal = ""
         self._auth_failure: str | None = None
+        self._user_pass = user_pass
+        self._user_pass_sent = False
         # Why the daemon ended openvpn: a protocol violation, a refused signature.
         self._failure: TunnelFailed | None = None
         self._exit: TunnelExited | None = None
@@ -523,11 +528,13 @@ class Tunnel:
 
     async def _commands(self, commands: Sequence[tuple[str, ...]]) -> None:
         """Send several one-line commands in one write; TunnelFailed on the first ERROR."""
+        # Built first: a word openvpn could not take raises before any reply is awaited.
+        data = b"".join(command(*words) for words in commands)
         async with self._command_lock:
             loop = asyncio.get_running_loop()
             replies: list[asyncio.Future[CommandResult]] = [loop.create_future() for _ in commands]
             self._replies.extend(replies)
-            await self._write(b"".join(command(*words) for words in commands))
+            await self._write(data)
             for words, reply in zip(commands, replies, strict=True):
                 result = await self._unless_exited(reply)
                 if not result.ok:
@@ -614,10 +621,55 @@ class Tunnel:
                 detail = text.removeprefix("Verification Failed").lstrip(": ").strip("'")
                 self._auth_failure = "" if detail == "Auth" else detail
             log.debug("tunnel %s: password verification failed", self._name)
+        elif text.startswith("Need 'Auth' username/password"):
+            self._answer_user_pass(text)
         elif text.startswith("Need "):
             log.debug("tunnel %s: openvpn asks: %s", self._name, text)
         else:
             log.debug("tunnel %s: password notification (not logged)", self._name)
+
+    def _answer_user_pass(self, text: str) -> None:
+        """Answer `Need 'Auth' username/password` with the kept credentials, once.
+
+        Without credentials, a second request (the first answer was refused), or
+        a static challenge (SC:, which wants an answer typed now), openvpn is
+        ended with the reason instead of waiting out the connect timeout."""
+        if " SC:" in text:
+            self._fail(
+                TunnelFailed(
+                    "the server asks for a one-time code with the password at every connect,"
+                    " which vpnd cannot ask for yet"
+                )
+            )
+            return
+        if self._user_pass is None:
+            self._fail(
+                TunnelFailed(
+                    "openvpn asks for a user name and password, and vpnd keeps none for this"
+                    " server"
+                )
+            )
+            return
+        if self._user_pass_sent:
+            self._auth_failure = self._auth_failure or "the user name or password was refused"
+            self._fail(TunnelFailed("the server refused the user name or password"))
+            return
+        self._user_pass_sent = True
+        username, password = self._user_pass
+        log.debug("tunnel %s: answering the user name and password request", self._name)
+        task = asyncio.create_task(self._send_user_pass(username, password))
+        # Kept like the signing tasks: a task without a reference may vanish.
+        self._signing_tasks.add(task)
+        task.add_done_callback(self._signing_tasks.discard)
+
+    async def _send_user_pass(self, username: str, password: str) -> None:
+        try:
+            await self._commands([("username", "Auth", username), ("password", "Auth", password)])
+        except ValueError:
+            # What openvpn could not receive intact (a control character, too long).
+            self._fail(TunnelFailed("the kept user name or password cannot be passed to openvpn"))
+        except TunnelFailed as error:
+            self._fail(error)
 
     def _on_pk_sign(self, event: PkSignEvent) -> None:
         # Neither the data nor the signature is logged: both are handshake
