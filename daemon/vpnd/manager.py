@@ -55,8 +55,19 @@ class TunnelLike(Protocol):
     async def stop(self, timeout: float = 5.0) -> None: ...
 
 
-# (name, config text without the key, the client's private key PEM or None, event sink)
-TunnelFactory = Callable[[str, str, bytes | None, Callable[[TunnelEvent], None]], TunnelLike]
+class TunnelFactory(Protocol):
+    """Makes a tunnel: its name, the config text without the key, the client's
+    private key (PEM) or None, the event sink, and the user name and password
+    openvpn may ask for."""
+
+    def __call__(
+        self,
+        name: str,
+        text: str,
+        key: bytes | None,
+        on_event: Callable[[TunnelEvent], None],
+        user_pass: tuple[str, str] | None = None,
+    ) -> TunnelLike: ...
 
 
 @dataclass(eq=False)
@@ -482,6 +493,7 @@ class Manager:
                 ovpnconfig.without(config, "key").render(),
                 connectable.private_key,
                 lambda event: self._on_tunnel_event(connection, event),
+                connectable.user_pass,
             )
             connection.tunnel = tunnel
             self._move(connection, Event.CONFIG_READY)

@@ -251,9 +251,15 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     )
 
     def new_tunnel(
-        name: str, text: str, key: bytes | None, on_event: Callable[[TunnelEvent], None]
+        name: str,
+        text: str,
+        key: bytes | None,
+        on_event: Callable[[TunnelEvent], None],
+        user_pass: tuple[str, str] | None = None,
     ) -> Tunnel:
-        return Tunnel(name, text, tunnel_settings, on_event, private_key=key)
+        return Tunnel(
+            name, text, tunnel_settings, on_event, private_key=key, user_pass=user_pass
+        )
 
     try:
         bus: MessageBus | None = await transport.connect()

@@ -43,7 +43,21 @@ def test_an_autologin_profile_connects_unattended(
     ok(vpnctl(["disconnect"], client_env))
 
 
-def test_a_userlogin_profile_is_refused_with_a_reason_not_a_hang(
+def test_a_userlogin_profile_connects_with_the_kept_password(
+    vpnd: VpndProcess,
+    access_server: TestAccessServer,
+    openvpn_lab: OpenVPNLab,
+    client_env: dict[str, str],
+) -> None:
+    sign_in(access_server, client_env, "--remember")
+    ok(vpnctl(["connect", "127.0.0.1"], client_env))
+    assert status(client_env)["profile"] == "userlogin"
+    assert ping(openvpn_lab.tunnel_gateway_udp)
+    ok(vpnctl(["disconnect"], client_env))
+    assert "correct horse" not in vpnd.log()
+
+
+def test_a_userlogin_profile_without_a_kept_password_is_refused_not_a_hang(
     vpnd: VpndProcess, access_server: TestAccessServer, client_env: dict[str, str]
 ) -> None:
     sign_in(access_server, client_env)

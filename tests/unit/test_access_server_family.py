@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from tests.lab.pki import LabPKI
-from vpnd.auth.access_server import _MAX_WAITING, PROFILE, AccessServerLogin, device_id
+from vpnd.auth.access_server import (
+    _MAX_WAITING,
+    CREDENTIALS,
+    PROFILE,
+    AccessServerLogin,
+    device_id,
+)
 from vpnd.errors import AuthorizationRequired, ConfigRejected, InvalidArgument, NotFound
 from vpnd.http import Response
 from vpnd.protocols.eduvpn import Endpoints
@@ -58,9 +64,13 @@ async def test_what_cannot_connect_is_named(session: Session, pki: LabPKI) -> No
     session.vault.set(PROFILE, {"kind": "userlogin", "text": profile(pki, "auth-user-pass")})
     with pytest.raises(NotFound, match='"userlogin"'):
         await provider.obtain(session, "autologin", prefer_tcp=False)
-    # The password prompt at every connect needs the prompt channel, not built yet.
+    # openvpn asks for the password at every connect: without a kept one, no connect.
     with pytest.raises(ConfigRejected, match="asks for the password at every connect"):
         await provider.obtain(session, "userlogin", prefer_tcp=False)
+    session.vault.set(CREDENTIALS, {"username": "alice", "password": "correct horse"})
+    connectable = await provider.obtain(session, "userlogin", prefer_tcp=False)
+    assert connectable.user_pass == ("alice", "correct horse")
+    assert "correct horse" not in repr(connectable)
 
 
 def test_the_device_id_is_stable_and_hides_the_machine_id(tmp_path: Path) -> None:

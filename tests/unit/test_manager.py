@@ -79,6 +79,7 @@ class FakeProvider:
     expires_at: float = 2_000_000_000.0
     message_list: list[Message] = field(default_factory=list)
     discover_error: VpndError | None = None
+    user_pass: tuple[str, str] | None = None
     discoveries: int = 0
     moved: dict[str, Endpoints] = field(default_factory=dict)  # base URL -> its new endpoints
     calls: list[tuple[str, str]] = field(default_factory=list)  # (what, access token)
@@ -102,7 +103,7 @@ class FakeProvider:
         if self.obtain_error is not None:
             raise self.obtain_error
         config, key = split_key(sanitize(CONFIG))
-        return Connectable("openvpn", config, key, self.expires_at)
+        return Connectable("openvpn", config, key, self.expires_at, self.user_pass)
 
     async def messages(self, session: Session, languages: Sequence[str]) -> list[Message]:
         self.calls.append((f"messages {','.join(languages)}", session.access_token))
@@ -171,8 +172,16 @@ class FakeLogin:
 
 
 class FakeTunnel:
-    def __init__(self, name: str, text: str, key: bytes | None, sink: Callable[..., None]) -> None:
+    def __init__(
+        self,
+        name: str,
+        text: str,
+        key: bytes | None,
+        sink: Callable[..., None],
+        user_pass: tuple[str, str] | None = None,
+    ) -> None:
         self.name, self.text, self.key, self.sink = name, text, key, sink
+        self.user_pass = user_pass
         self.started = self.stopped = False
 
     async def start(self) -> None:
@@ -252,9 +261,14 @@ class World:
         return Manager(self.settings, self.store, families, self.tunnel, self.listener)
 
     def tunnel(
-        self, name: str, text: str, key: bytes | None, sink: Callable[[TunnelEvent], None]
+        self,
+        name: str,
+        text: str,
+        key: bytes | None,
+        sink: Callable[[TunnelEvent], None],
+        user_pass: tuple[str, str] | None = None,
     ) -> FakeTunnel:
-        self.tunnels.append(FakeTunnel(name, text, key, sink))
+        self.tunnels.append(FakeTunnel(name, text, key, sink, user_pass))
         return self.tunnels[-1]
 
     async def add(self, url: str = URL, owner: int = OWNER, *, family: str = "v3") -> Server:
@@ -571,6 +585,15 @@ async def test_a_providers_keys_stay_with_its_server(world: World) -> None:
     vault.set("keypair", {"certificate": "c"})
     assert world.store.secrets.get(OWNER, server.server_id, "keypair") == {"certificate": "c"}
     assert world.store.secrets.get(OWNER, other.server_id, "keypair") is None
+
+
+async def test_the_tunnel_gets_the_user_name_and_password_the_provider_keeps(
+    world: World,
+) -> None:
+    server = await world.authorized_server()
+    world.v3.user_pass = ("alice", "secret")
+    await world.connected(server)
+    assert world.tunnels[-1].user_pass == ("alice", "secret")
 
 
 async def test_connect_refuses_a_bad_profile_id(world: World) -> None:

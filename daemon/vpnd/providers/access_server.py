@@ -4,14 +4,15 @@ There is no API to ask at connect time: the server's login
 (`auth.access_server`) downloaded one profile, kept sealed in the server's
 vault, and a connect starts from it. An autologin profile carries the
 client's certificate and key, and connects unattended (at boot too); a
-userlogin profile asks for the user's password at every connect.
+userlogin profile asks for the user's password at every connect, which vpnd
+answers when the user let it keep the password.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vpnd.auth.access_server import PROFILE
+from vpnd.auth.access_server import CREDENTIALS, PROFILE
 from vpnd.errors import AuthorizationRequired, CertificateRejected, ConfigRejected, NotFound
 from vpnd.protocols import eduvpn_v2, ovpnconfig
 from vpnd.protocols.documents import normalize_base_url
@@ -49,16 +50,21 @@ class AccessServerProvider:
                 f' "{kept["kind"]}"'
             )
         config = ovpnconfig.sanitize(kept["text"])
+        user_pass = None
         if any(d.name == "auth-user-pass" for d in config.directives):
-            raise ConfigRejected(
-                f"the profile of {session.label} asks for the password at every connect,"
-                " which vpnd cannot answer for openvpn yet; sign in again for the autologin"
-                " profile, if the server allows it"
-            )
+            # A userlogin profile: openvpn asks for the password at every connect.
+            credentials = session.vault.get(CREDENTIALS)
+            if credentials is None:
+                raise ConfigRejected(
+                    f"the profile of {session.label} asks for the password at every connect"
+                    " and vpnd keeps none; sign in again and let vpnd keep the password, or"
+                    " sign in for the autologin profile if the server allows it"
+                )
+            user_pass = (str(credentials.get("username")), str(credentials.get("password")))
         if prefer_tcp:
             config = ovpnconfig.tcp_first(config)
         config, key = ovpnconfig.split_key(config)
-        return Connectable("openvpn", config, key, _expiry(config))
+        return Connectable("openvpn", config, key, _expiry(config), user_pass)
 
     async def messages(self, session: Session, languages: Sequence[str]) -> list[Message]:
         """Access Server has no messages for its clients."""

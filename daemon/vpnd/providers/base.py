@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from vpnd.errors import AuthorizationRequired, ServerError
@@ -54,6 +54,8 @@ class Connectable:
     config: SanitizedConfig
     private_key: bytes | None
     expires_at: float = 0.0
+    # The user name and password openvpn asks for (`auth-user-pass`), when kept.
+    user_pass: tuple[str, str] | None = field(default=None, repr=False)
 
 
 class Vault(Protocol):
