@@ -29,6 +29,7 @@ from vpnd.protocols.eduvpn import (
     OPENVPN_PROFILE,
     WIREGUARD_PROFILE,
     Endpoints,
+    NotApiV3,
     Profile,
     api_call_url,
     api_error,
@@ -176,7 +177,8 @@ def test_parse_well_known_prefers_v3_when_both() -> None:
 
 
 def test_parse_well_known_only_v2() -> None:
-    with pytest.raises(ServerError, match="only speaks eduVPN API v2"):
+    # Not a plain ServerError: the provider then lets the next generation try.
+    with pytest.raises(NotApiV3, match="offers eduVPN API v2 only"):
         parse_well_known(dumps({"api": {API_V2: V2}}))
 
 

@@ -105,8 +105,13 @@ def well_known_url(base_url: str) -> str:
 # --- documents ----------------------------------------------------------------
 
 
+class NotApiV3(ServerError):
+    """The discovery document is readable but offers no API v3 (an older generation may fit)."""
+
+
 def parse_well_known(body: bytes) -> Endpoints:
-    """Read the discovery document; v3 required (ServerError if only v2/none)."""
+    """Read the discovery document; NotApiV3 when it offers no API v3, ServerError when
+    it is malformed."""
     doc = load_json(body)
     if not isinstance(doc, dict):
         raise ServerError("the server's discovery document is not a JSON object")
@@ -116,11 +121,8 @@ def parse_well_known(body: bytes) -> Endpoints:
     v3 = api.get(API_V3)
     if v3 is None:
         if API_V2 in api:
-            raise ServerError(
-                "the server only speaks eduVPN API v2, which this version of vpnd "
-                "does not support yet"
-            )
-        raise ServerError("the server does not offer eduVPN API v3")
+            raise NotApiV3("the server's discovery document offers eduVPN API v2 only, not v3")
+        raise NotApiV3("the server does not offer eduVPN API v3")
     if not isinstance(v3, dict):
         raise ServerError("the server's API v3 entry is not a JSON object")
     version = doc.get("v")

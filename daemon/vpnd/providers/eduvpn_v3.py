@@ -37,7 +37,11 @@ class EduVPNv3Provider:
                 f"{base_url} does not look like an eduVPN or Let's Connect! server"
                 f" (its discovery document answered HTTP {reply.status})"
             )
-        return eduvpn.parse_well_known(reply.body)
+        try:
+            return eduvpn.parse_well_known(reply.body)
+        except eduvpn.NotApiV3 as exc:
+            # A server of the 2.x line: its info.json says how to speak to it.
+            raise NotThisFamily(f"{base_url}: {exc.message}") from None
 
     async def profiles(self, session: Session) -> list[Profile]:
         """GET /info."""
