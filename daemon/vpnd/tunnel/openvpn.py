@@ -35,18 +35,20 @@ import signal
 import socket
 import struct
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from vpnd.errors import TunnelFailed
+from vpnd.errors import InvalidArgument, TunnelFailed, VpndError
+from vpnd.protocols.credentials import Dialog, Question, Refusal, Reply
 from vpnd.protocols.management import (
     ByteCountEvent,
     CommandResult,
     Event,
     FatalEvent,
     HoldEvent,
+    InfoEvent,
     ManagementParser,
     PasswordEvent,
     PkSignEvent,
@@ -146,9 +148,18 @@ class TunnelExited:
     # or openvpn's last error lines.
     reason: str
     requested: bool  # True if stop() asked for it
+    # The named error that ended it, when the daemon knows one (a refused login).
+    error: VpndError | None = None
 
 
-TunnelEvent = StateEvent | ByteCountEvent | FatalEvent | TunnelExited
+@dataclass(frozen=True)
+class PromptEvent:
+    """openvpn asks a person something (`question`), or, with None, no longer does."""
+
+    question: Question | None
+
+
+TunnelEvent = StateEvent | ByteCountEvent | FatalEvent | PromptEvent | TunnelExited
 
 
 @dataclass(frozen=True)
@@ -183,6 +194,8 @@ class Tunnel:
         sees the key; `config` must then hold no key of its own (ValueError).
         `user_pass` answers openvpn's request for a user name and password
         (`auth-user-pass`), once: a second request means the server refused it.
+        Whatever else openvpn asks (a password nobody kept, a challenge, a
+        login in the browser) becomes a PromptEvent, answered with answer().
         """
         if _NAME.fullmatch(name) is None:
             raise ValueError(f"invalid tunnel name {name!r}")
@@ -219,10 +232,9 @@ class Tunnel:
         self._tail: deque[_LogLine] = deque(maxlen=_TAIL_LINES)
         self._fatal = ""
         self._auth_failure: str | None = None
-        self._user_pass = user_pass
-        self._user_pass_sent = False
-        # Why the daemon ended openvpn: a protocol violation, a refused signature.
-        self._failure: TunnelFailed | None = None
+        self._dialog = Dialog(user_pass)
+        # Why the daemon ended openvpn: a protocol violation, a refused signature or login.
+        self._failure: VpndError | None = None
         self._exit: TunnelExited | None = None
         self._signing_tasks: set[asyncio.Task[None]] = set()
 
@@ -321,6 +333,12 @@ class Tunnel:
             "--management-query-passwords",
             "--auth-retry",
             "interact",
+            # What the daemon can ask a person through its prompt channel; a
+            # server offers a browser login or a text challenge only to
+            # clients that say so.
+            "--setenv",
+            "IV_SSO",
+            "webauth,openurl,crtext",
             "--script-security",
             "1",
             "--verb",
@@ -407,6 +425,7 @@ class Tunnel:
                 returncode=returncode,
                 reason=self._exit_reason(returncode),
                 requested=self._stop_requested,
+                error=None if self._stop_requested else self._failure,
             )
         finally:
             if self._writer is not None:
@@ -592,6 +611,8 @@ class Tunnel:
                 self._auth_failure = self._auth_failure or ""
             elif event.name == "CONNECTED":
                 self._auth_failure = None
+            if self._dialog.on_state(event.name):
+                self._emit(PromptEvent(None))
             self._emit(event)
         elif isinstance(event, ByteCountEvent):
             self._emit(event)
@@ -604,6 +625,8 @@ class Tunnel:
             log.debug("tunnel %s: openvpn holds: %s", self._name, event.text)
         elif isinstance(event, PasswordEvent):
             self._on_password(event)
+        elif isinstance(event, InfoEvent) and event.kind == "INFOMSG":
+            self._on_outcome(self._dialog.on_info(event.text))
         elif isinstance(event, PkSignEvent):
             self._on_pk_sign(event)
         elif isinstance(event, UnexpectedLine):
@@ -614,60 +637,47 @@ class Tunnel:
             log.debug("tunnel %s: management notification %s", self._name, type(event).__name__)
 
     def _on_password(self, event: PasswordEvent) -> None:
-        text = event.text
-        if text.startswith("Verification Failed"):
-            # A dynamic challenge (CRV1) arrives as a "failure" but is a question.
-            if "CRV1:" not in text:
-                detail = text.removeprefix("Verification Failed").lstrip(": ").strip("'")
-                self._auth_failure = "" if detail == "Auth" else detail
-            log.debug("tunnel %s: password verification failed", self._name)
-        elif text.startswith("Need 'Auth' username/password"):
-            self._answer_user_pass(text)
-        elif text.startswith("Need "):
-            log.debug("tunnel %s: openvpn asks: %s", self._name, text)
+        if event.text.startswith("Need "):
+            # The request names what is asked, never a secret: fine to log.
+            log.debug("tunnel %s: openvpn asks: %s", self._name, event.text[:80])
         else:
             log.debug("tunnel %s: password notification (not logged)", self._name)
+        self._on_outcome(self._dialog.on_password(event.text))
 
-    def _answer_user_pass(self, text: str) -> None:
-        """Answer `Need 'Auth' username/password` with the kept credentials, once.
+    def _on_outcome(self, outcome: Question | Reply | Refusal | None) -> None:
+        """Act on what the credential dialog made of a notification."""
+        if isinstance(outcome, Question):
+            log.info("tunnel %s: openvpn asks a person (%s)", self._name, outcome.kind)
+            self._emit(PromptEvent(outcome))
+        elif isinstance(outcome, Reply):
+            log.debug("tunnel %s: answering openvpn's question", self._name)
+            self._send_reply(outcome)
+        elif isinstance(outcome, Refusal):
+            log.info("tunnel %s: %s", self._name, outcome.error.message)
+            self._fail(outcome.error)
 
-        Without credentials, a second request (the first answer was refused), or
-        a static challenge (SC:, which wants an answer typed now), openvpn is
-        ended with the reason instead of waiting out the connect timeout."""
-        if " SC:" in text:
-            self._fail(
-                TunnelFailed(
-                    "the server asks for a one-time code with the password at every connect,"
-                    " which vpnd cannot ask for yet"
-                )
-            )
-            return
-        if self._user_pass is None:
-            self._fail(
-                TunnelFailed(
-                    "openvpn asks for a user name and password, and vpnd keeps none for this"
-                    " server"
-                )
-            )
-            return
-        if self._user_pass_sent:
-            self._auth_failure = self._auth_failure or "the user name or password was refused"
-            self._fail(TunnelFailed("the server refused the user name or password"))
-            return
-        self._user_pass_sent = True
-        username, password = self._user_pass
-        log.debug("tunnel %s: answering the user name and password request", self._name)
-        task = asyncio.create_task(self._send_user_pass(username, password))
+    def answer(self, values: Mapping[str, str]) -> None:
+        """Answer the question of the last PromptEvent with `values` (field name → text).
+
+        Raises InvalidArgument, keeping the question open, when the values do
+        not fit it, and when nothing is asked that takes an answer.
+        """
+        if self._exited.is_set():
+            raise InvalidArgument("openvpn has stopped; nothing is asked any more")
+        self._send_reply(self._dialog.answer(values))
+
+    def _send_reply(self, reply: Reply) -> None:
+        task = asyncio.create_task(self._send_commands(reply))
         # Kept like the signing tasks: a task without a reference may vanish.
         self._signing_tasks.add(task)
         task.add_done_callback(self._signing_tasks.discard)
 
-    async def _send_user_pass(self, username: str, password: str) -> None:
+    async def _send_commands(self, reply: Reply) -> None:
         try:
-            await self._commands([("username", "Auth", username), ("password", "Auth", password)])
+            await self._commands(reply.commands)
         except ValueError:
             # What openvpn could not receive intact (a control character, too long).
-            self._fail(TunnelFailed("the kept user name or password cannot be passed to openvpn"))
+            self._fail(TunnelFailed("the answer cannot be passed to openvpn"))
         except TunnelFailed as error:
             self._fail(error)
 
@@ -698,7 +708,7 @@ class Tunnel:
                 log.error("tunnel %s: %s", self._name, error.message)
                 self._fail(error)
 
-    def _fail(self, error: TunnelFailed) -> None:
+    def _fail(self, error: VpndError) -> None:
         """End openvpn because of `error`, which becomes the reason of its exit."""
         if self._failure is None:
             self._failure = error
