@@ -29,13 +29,14 @@ from vpnd.errors import (
 )
 from vpnd.protocols import eduvpn, lang, ovpnconfig
 from vpnd.protocols.connstate import ConnectionMachine, Event, State, openvpn_event
+from vpnd.protocols.credentials import Question
 from vpnd.protocols.eduvpn import Endpoints
 from vpnd.protocols.management import ByteCountEvent, FatalEvent, StateEvent
 from vpnd.providers import Families
 from vpnd.providers.base import Connectable, Family, PendingAuthorization, Provider, Session
 from vpnd.steps import Steps
 from vpnd.store.store import ServerRecord, ServerSecrets, Store, host_of, new_server_id
-from vpnd.tunnel.openvpn import TunnelEvent, TunnelExited
+from vpnd.tunnel.openvpn import PromptEvent, TunnelEvent, TunnelExited
 
 log = logging.getLogger("vpnd.manager")
 
@@ -53,6 +54,8 @@ class TunnelLike(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self, timeout: float = 5.0) -> None: ...
+
+    def answer(self, values: Mapping[str, str]) -> None: ...
 
 
 class TunnelFactory(Protocol):
@@ -131,8 +134,14 @@ class Connection:
     tunnel: TunnelLike | None = None
     last_fatal: str = ""
     task: asyncio.Task[None] | None = None
+    # What openvpn asks a person now, and its number (answers name it).
+    question: Question | None = None
+    prompt_id: int = 0
     # Set once the tunnel is up or the attempt has ended.
     settled: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when `settled` or `question` changes: the connect timeout's clock
+    # stands still while a person is asked.
+    waking: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     steps: Steps = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -396,9 +405,7 @@ class Manager:
         finally:
             self._auth_error(server)
 
-    async def _ask(
-        self, server: Server, action: Callable[[Provider, Session], Awaitable[T]]
-    ) -> T:
+    async def _ask(self, server: Server, action: Callable[[Provider, Session], Awaitable[T]]) -> T:
         """Find the server's endpoints, then run a provider call there with a credential."""
         provider = self._family(server).provider
         endpoints = await provider.discover(server.url)
@@ -454,8 +461,7 @@ class Manager:
                     " only they or root can end that connection"
                 )
             raise Busy(
-                f"a connection to {current.server.host} is {current.state};"
-                " disconnect it first"
+                f"a connection to {current.server.host} is {current.state}; disconnect it first"
             )
         connection = Connection(self._next_conn_id, server, profile_id, prefer_tcp)
         self._next_conn_id += 1
@@ -499,14 +505,7 @@ class Manager:
             self._move(connection, Event.CONFIG_READY)
             await tunnel.start()
             connection.steps.step("openvpn started and released from its hold")
-            try:
-                async with asyncio.timeout(self._settings.connect_timeout):
-                    await connection.settled.wait()
-            except TimeoutError:
-                raise TunnelFailed(
-                    f"the tunnel did not come up within {self._settings.connect_timeout:g} seconds"
-                    f" (openvpn's last step: {connection.detail or 'none'})"
-                ) from None
+            await self._until_settled(connection)
         except VpndError as exc:
             await self._fail(connection, exc)
         except asyncio.CancelledError:
@@ -517,6 +516,27 @@ class Manager:
             await self._fail(
                 connection, VpndError("connecting failed because of an internal error")
             )
+
+    async def _until_settled(self, connection: Connection) -> None:
+        """Wait until the tunnel is up or the attempt ended, within the connect
+        timeout; time spent waiting for a person's answer does not count."""
+        loop = asyncio.get_running_loop()
+        remaining = self._settings.connect_timeout
+        while not connection.settled.is_set():
+            connection.waking.clear()
+            if connection.question is not None:
+                await connection.waking.wait()
+                continue
+            started = loop.time()
+            try:
+                async with asyncio.timeout(remaining):
+                    await connection.waking.wait()
+            except TimeoutError:
+                raise TunnelFailed(
+                    f"the tunnel did not come up within {self._settings.connect_timeout:g} seconds"
+                    f" (openvpn's last step: {connection.detail or 'none'})"
+                ) from None
+            remaining -= loop.time() - started
 
     async def _obtain(self, connection: Connection) -> tuple[Endpoints, Connectable]:
         """The server's endpoints and a configuration from them.
@@ -576,6 +596,7 @@ class Manager:
         after = connection.machine.handle(event)
         if after is State.CONNECTED or connection.machine.finished:
             connection.settled.set()
+            connection.waking.set()
         if after is not before:
             log.info("connection %d: %s -> %s", connection.conn_id, before, after)
             changed = {"state"}
@@ -583,6 +604,9 @@ class Manager:
                 # Detail is openvpn's step while connecting; it means nothing once it ended.
                 connection.detail = ""
                 changed.add("detail")
+            if connection.machine.finished and connection.question is not None:
+                connection.question = None
+                changed.add("prompt")
             self._listener.connection_changed(connection, changed)
 
     def _on_tunnel_event(self, connection: Connection, event: TunnelEvent) -> None:
@@ -595,13 +619,46 @@ class Manager:
             self._on_openvpn_state(connection, event)
         elif isinstance(event, FatalEvent):
             connection.last_fatal = event.text
+        elif isinstance(event, PromptEvent):
+            self._on_prompt(connection, event.question)
         elif isinstance(event, TunnelExited):
             if connection.state is State.DISCONNECTING:
                 return  # disconnect() finishes the story
             reason = connection.last_fatal or event.reason or f"exit status {event.returncode}"
-            asyncio.get_running_loop().create_task(
-                self._fail(connection, TunnelFailed(f"openvpn stopped: {reason}"))
+            error = event.error or TunnelFailed(f"openvpn stopped: {reason}")
+            asyncio.get_running_loop().create_task(self._fail(connection, error))
+
+    def _on_prompt(self, connection: Connection, question: Question | None) -> None:
+        """openvpn asks a person (`question`), or no longer does (None)."""
+        if question is None and connection.question is None:
+            return
+        connection.question = question
+        connection.waking.set()
+        if question is not None:
+            connection.prompt_id += 1
+            log.info("connection %d waits for a person: %s", connection.conn_id, question.kind)
+        self._listener.connection_changed(connection, {"prompt"})
+        if connection.state is not State.DISCONNECTING:
+            self._move(connection, Event.ASK if question is not None else Event.ANSWERED)
+
+    def answer(self, connection: Connection, prompt_id: int, values: Mapping[str, str]) -> None:
+        """Answer the connection's question number `prompt_id`; the first valid answer wins.
+
+        NotFound when that question is not asked (any more); InvalidArgument,
+        with the question still open, when the values do not fit it.
+        """
+        question, tunnel = connection.question, connection.tunnel
+        if question is None or prompt_id != connection.prompt_id or tunnel is None:
+            raise NotFound(
+                "that question is no longer asked: it was answered, or the connection moved on"
             )
+        if not question.answerable:
+            raise InvalidArgument(
+                "this question is answered by logging in in a browser, at the address it gives"
+            )
+        tunnel.answer(values)
+        log.info("connection %d: the question was answered", connection.conn_id)
+        self._on_prompt(connection, None)
 
     def _on_openvpn_state(self, connection: Connection, event: StateEvent) -> None:
         changed = {"detail"}
@@ -620,7 +677,12 @@ class Manager:
             connection.connected_since = time.time()
             changed |= {"tunnel_ip", "tunnel_ipv6", "remote", "connected_since"}
         self._listener.connection_changed(connection, changed)
-        if connection.state in (State.CONNECTING, State.CONNECTED, State.RECONNECTING):
+        if connection.state in (
+            State.CONNECTING,
+            State.CONNECTED,
+            State.RECONNECTING,
+            State.NEEDS_INPUT,
+        ):
             self._move(connection, openvpn_event(event.name))
 
     async def _fail(self, connection: Connection, error: VpndError) -> None:

@@ -31,6 +31,7 @@ from vpnd.errors import (
 )
 from vpnd.manager import MAX_SERVERS_PER_OWNER, Connection, Manager, Server
 from vpnd.protocols.connstate import State
+from vpnd.protocols.credentials import Dialog, LoginRefused, Question
 from vpnd.protocols.eduvpn import Endpoints, Profile
 from vpnd.protocols.eduvpn_v2 import Message
 from vpnd.protocols.management import ByteCountEvent, FatalEvent, StateEvent
@@ -38,7 +39,7 @@ from vpnd.protocols.ovpnconfig import sanitize, split_key
 from vpnd.providers import Families
 from vpnd.providers.base import Connectable, Family, NotThisFamily, Session
 from vpnd.store.store import ServerRecord, Store
-from vpnd.tunnel.openvpn import TunnelEvent, TunnelExited
+from vpnd.tunnel.openvpn import PromptEvent, TunnelEvent, TunnelExited
 
 T = TypeVar("T")
 
@@ -183,6 +184,9 @@ class FakeTunnel:
         self.name, self.text, self.key, self.sink = name, text, key, sink
         self.user_pass = user_pass
         self.started = self.stopped = False
+        # The real dialog: what the fake sends to openvpn is what the tunnel would.
+        self.dialog = Dialog(user_pass)
+        self.sent: list[tuple[str, ...]] = []
 
     async def start(self) -> None:
         self.started = True
@@ -190,8 +194,17 @@ class FakeTunnel:
     async def stop(self, timeout: float = 5.0) -> None:
         self.stopped = True
 
+    def answer(self, values: Mapping[str, str]) -> None:
+        self.sent.extend(self.dialog.answer(values).commands)
+
     def emit(self, event: TunnelEvent) -> None:
         self.sink(event)
+
+    def ask(self, password_text: str) -> None:
+        """openvpn's >PASSWORD: notification, through the real dialog."""
+        outcome = self.dialog.on_password(password_text)
+        assert isinstance(outcome, Question), outcome
+        self.emit(PromptEvent(outcome))
 
 
 @dataclass
@@ -326,7 +339,10 @@ async def test_add_detects_the_family_and_stores_its_kind(world: World) -> None:
     assert (v3.kind, v2.kind) == ("eduvpn-v3", "eduvpn-v2")
     assert world.listener.names() == ["server_added", "server_added"]
     stored = {r.url: r.kind for r in Store(world.settings.state_dir).load_servers()}
-    assert stored == {"https://new.example.org/": "eduvpn-v3", "https://old.example.org/": "eduvpn-v2"}
+    assert stored == {
+        "https://new.example.org/": "eduvpn-v3",
+        "https://old.example.org/": "eduvpn-v2",
+    }
 
 
 async def test_a_family_added_by_name_is_never_detected(world: World) -> None:
@@ -392,7 +408,11 @@ async def test_servers_and_their_kinds_survive_a_restart(world: World) -> None:
     manager = world.new_manager()
     manager.load()
     [loaded] = manager.servers_of(OWNER)
-    assert (loaded.server_id, loaded.kind, loaded.authorized) == (server.server_id, "eduvpn-v3", True)
+    assert (loaded.server_id, loaded.kind, loaded.authorized) == (
+        server.server_id,
+        "eduvpn-v3",
+        True,
+    )
 
 
 async def test_a_stored_kind_this_version_does_not_speak(world: World) -> None:
@@ -727,3 +747,96 @@ async def test_shutdown_disconnects_and_cancels_logins(world: World) -> None:
     await world.manager.shutdown()
     assert connection.state is State.DISCONNECTED
     assert world.login.pending[-1].closed
+
+
+# --- questions openvpn asks a person ---------------------------------------------
+
+
+async def test_a_question_pauses_the_connect_timeout_until_it_is_answered(
+    tmp_path: Path,
+) -> None:
+    world = World(tmp_path, connect_timeout=0.2)
+    server = await world.authorized_server()
+    connection = world.manager.connect(server, "employees", prefer_tcp=False)
+    await settled_tunnel(world, connection)
+    tunnel = world.tunnels[-1]
+    tunnel.ask("Need 'Auth' username/password")
+    assert connection.state is State.NEEDS_INPUT
+    assert connection.question is not None and connection.prompt_id == 1
+    assert {"prompt", "state"} <= world.listener.changed_fields(connection)
+    await asyncio.sleep(0.4)  # twice the timeout: a person takes their time
+    assert connection.state is State.NEEDS_INPUT
+    world.manager.answer(connection, 1, {"username": "bob", "password": "s3cret"})
+    assert tunnel.sent == [("username", "Auth", "bob"), ("password", "Auth", "s3cret")]
+    assert connection.state is State.CONNECTING and connection.question is None
+    tunnel.emit(StateEvent(1, "CONNECTED", "SUCCESS", "10.8.0.2", "198.51.100.1"))
+    await finished(connection)
+    assert connection.state is State.CONNECTED
+
+
+async def test_the_first_valid_answer_wins(world: World) -> None:
+    server = await world.authorized_server()
+    connection = world.manager.connect(server, "employees", prefer_tcp=False)
+    await settled_tunnel(world, connection)
+    tunnel = world.tunnels[-1]
+    tunnel.ask("Need 'Auth' username/password SC:1,PIN")
+    with pytest.raises(InvalidArgument):
+        world.manager.answer(connection, 1, {"username": "bob"})  # misses fields: still open
+    with pytest.raises(NotFound):
+        world.manager.answer(connection, 7, {"username": "b", "password": "p", "response": "1"})
+    assert connection.state is State.NEEDS_INPUT
+    world.manager.answer(connection, 1, {"username": "bob", "password": "p", "response": "1"})
+    with pytest.raises(NotFound, match="no longer asked"):
+        world.manager.answer(connection, 1, {"username": "eve", "password": "x", "response": "2"})
+    assert len(tunnel.sent) == 2
+    assert connection.state is State.CONNECTING
+
+
+async def test_a_web_login_waits_and_closes_when_openvpn_moves_on(tmp_path: Path) -> None:
+    world = World(tmp_path, connect_timeout=0.1)
+    server = await world.authorized_server()
+    connection = world.manager.connect(server, "employees", prefer_tcp=False)
+    await settled_tunnel(world, connection)
+    tunnel = world.tunnels[-1]
+    tunnel.emit(StateEvent(1, "AUTH_PENDING"))
+    question = tunnel.dialog.on_info("WEB_AUTH::https://vpn.example.org/sso")
+    assert isinstance(question, Question)
+    tunnel.emit(PromptEvent(question))
+    assert connection.state is State.NEEDS_INPUT
+    with pytest.raises(InvalidArgument, match="browser"):
+        world.manager.answer(connection, connection.prompt_id, {})
+    await asyncio.sleep(0.2)
+    assert connection.state is State.NEEDS_INPUT
+    assert tunnel.dialog.on_state("CONNECTED")
+    tunnel.emit(PromptEvent(None))
+    tunnel.emit(StateEvent(2, "CONNECTED", "SUCCESS", "10.8.0.2", "198.51.100.1"))
+    await finished(connection)
+    assert connection.state is State.CONNECTED and connection.question is None
+
+
+async def test_a_refused_login_fails_with_its_own_error_and_closes_the_question(
+    world: World,
+) -> None:
+    server = await world.authorized_server()
+    connection = world.manager.connect(server, "employees", prefer_tcp=False)
+    await settled_tunnel(world, connection)
+    tunnel = world.tunnels[-1]
+    tunnel.ask("Need 'Auth' username/password")
+    refused = LoginRefused("the server refused the user name or password: blocked")
+    tunnel.emit(TunnelExited(0, "authentication failed", requested=False, error=refused))
+    await finished(connection)
+    assert connection.state is State.FAILED
+    assert connection.error == "org.vpnd.Error.AuthorizationFailed"
+    assert connection.error_message.endswith("blocked")
+    assert connection.question is None
+
+
+async def test_disconnect_while_a_question_waits(world: World) -> None:
+    server = await world.authorized_server()
+    connection = world.manager.connect(server, "employees", prefer_tcp=False)
+    await settled_tunnel(world, connection)
+    world.tunnels[-1].ask("Need 'Auth' username/password")
+    await world.manager.disconnect(connection)
+    assert connection.state is State.DISCONNECTED and connection.question is None
+    with pytest.raises(NotFound):
+        world.manager.answer(connection, 1, {"username": "u", "password": "p"})

@@ -77,6 +77,28 @@ def connection_properties(connection: Connection) -> dict[str, Any]:
         "SessionExpiry": int(connection.session_expiry),
         "Error": connection.error,
         "ErrorMessage": connection.error_message,
+        "Prompt": prompt_properties(connection),
+    }
+
+
+def prompt_properties(connection: Connection) -> dict[str, Variant]:
+    """Connection1.Prompt: what openvpn asks a person now; empty when nothing.
+
+    `id` names the question in Answer; `kind` is credentials, challenge, text
+    or web; `fields` are (name, label, echo, required); `url` is where a web
+    login happens (kind web, which takes no answer over the bus).
+    """
+    question = connection.question
+    if question is None:
+        return {}
+    return {
+        "id": Variant("u", connection.prompt_id),
+        "kind": Variant("s", question.kind),
+        "message": Variant("s", question.message),
+        "url": Variant("s", question.url),
+        "fields": Variant(
+            "a(ssbb)", [[f.name, f.label, f.echo, f.required] for f in question.fields]
+        ),
     }
 
 
@@ -259,6 +281,11 @@ class ConnectionObject(BusObject):
         await self._frontend.gate.require(call, self.owner, polkit.CONNECT)
         await self._frontend.manager.disconnect(self.connection)
 
+    async def Answer(self, call: Call, prompt_id: int, values: dict[str, str]) -> None:
+        values = validate.answer_values(values)
+        await self._frontend.gate.require(call, self.owner, polkit.CONNECT)
+        self._frontend.manager.answer(self.connection, prompt_id, values)
+
     async def properties(self, call: Call) -> dict[str, Any]:
         return connection_properties(self.connection)
 
@@ -280,6 +307,7 @@ _CONNECTION_FIELDS = {
     "session_expiry": "SessionExpiry",
     "error": "Error",
     "error_message": "ErrorMessage",
+    "prompt": "Prompt",
 }
 
 

@@ -147,7 +147,10 @@ SERVER = Interface(
 
 CONNECTION = Interface(
     CONNECTION1,
-    methods=(Method("Disconnect"),),
+    methods=(
+        Method("Disconnect"),
+        Method("Answer", (("prompt_id", "u"), ("values", "a{ss}"))),
+    ),
     properties={
         "State": "s",
         "Detail": "s",
@@ -164,6 +167,7 @@ CONNECTION = Interface(
         "SessionExpiry": "t",
         "Error": "s",
         "ErrorMessage": "s",
+        "Prompt": "a{sv}",
     },
     signals=(Signal("StateChanged", (("state", "s"), ("error", "s"), ("message", "s"))),),
 )

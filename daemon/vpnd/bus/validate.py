@@ -104,6 +104,23 @@ def sign_in_fields(fields: dict[str, str]) -> dict[str, str]:
     return {key: text(value, f"sign-in field {key}", limit=4096) for key, value in fields.items()}
 
 
+#: Answer's field names: what openvpn's questions ask (vpnd.protocols.credentials).
+ANSWER_FIELDS = frozenset({"username", "password", "response"})
+
+
+def answer_values(values: dict[str, str]) -> dict[str, str]:
+    """Answer's values: known field names, bounded values without control characters.
+
+    The message names a field, never what was typed in it."""
+    unknown = sorted(set(values) - ANSWER_FIELDS)
+    if unknown:
+        known = ", ".join(sorted(ANSWER_FIELDS))
+        raise InvalidArgument(f"unknown answer field {unknown[0][:40]!r} (known: {known})")
+    return {
+        key: text(value, f"the answer field {key}", limit=1024) for key, value in values.items()
+    }
+
+
 def server_path(value: str) -> str:
     """The object path of a server."""
     if not _SERVER_PATH.fullmatch(value):

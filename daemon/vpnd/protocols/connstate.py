@@ -19,6 +19,8 @@ class State(StrEnum):
     PREPARING = "preparing"
     CONNECTING = "connecting"
     CONNECTED = "connected"
+    # openvpn waits for a person: a password, a challenge, a login in the browser.
+    NEEDS_INPUT = "needs-input"
     RECONNECTING = "reconnecting"
     DISCONNECTING = "disconnecting"
     DISCONNECTED = "disconnected"
@@ -35,6 +37,8 @@ class Event(StrEnum):
     STOP = "stop"  # the user asked to disconnect
     STOPPED = "stopped"  # everything is torn down after STOP
     FAIL = "fail"  # an error ended the connection
+    ASK = "ask"  # openvpn asks a person something
+    ANSWERED = "answered"  # the question was answered, or no longer needs one
 
 
 class InvalidTransition(VpndError):
@@ -43,7 +47,13 @@ class InvalidTransition(VpndError):
 
 TERMINAL = frozenset({State.DISCONNECTED, State.FAILED})
 
-_ACTIVE = (State.PREPARING, State.CONNECTING, State.CONNECTED, State.RECONNECTING)
+_ACTIVE = (
+    State.PREPARING,
+    State.CONNECTING,
+    State.CONNECTED,
+    State.RECONNECTING,
+    State.NEEDS_INPUT,
+)
 
 TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.PREPARING, Event.CONFIG_READY): State.CONNECTING,
@@ -56,11 +66,24 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.RECONNECTING, Event.PROGRESS): State.RECONNECTING,
     (State.RECONNECTING, Event.LOST): State.RECONNECTING,
     (State.RECONNECTING, Event.UP): State.CONNECTED,
+    # A question can come while connecting, on a reconnect (a new login after
+    # a session token ran out) and in place of an earlier one.
+    (State.CONNECTING, Event.ASK): State.NEEDS_INPUT,
+    (State.RECONNECTING, Event.ASK): State.NEEDS_INPUT,
+    (State.CONNECTED, Event.ASK): State.NEEDS_INPUT,
+    (State.NEEDS_INPUT, Event.ASK): State.NEEDS_INPUT,
+    (State.NEEDS_INPUT, Event.ANSWERED): State.CONNECTING,
+    # A login in the browser runs while openvpn reports AUTH_PENDING.
+    (State.NEEDS_INPUT, Event.PROGRESS): State.NEEDS_INPUT,
+    (State.NEEDS_INPUT, Event.LOST): State.NEEDS_INPUT,
+    (State.NEEDS_INPUT, Event.UP): State.CONNECTED,
     # While tearing down, openvpn's last words change nothing.
     (State.DISCONNECTING, Event.PROGRESS): State.DISCONNECTING,
     (State.DISCONNECTING, Event.LOST): State.DISCONNECTING,
     (State.DISCONNECTING, Event.UP): State.DISCONNECTING,
     (State.DISCONNECTING, Event.STOP): State.DISCONNECTING,
+    (State.DISCONNECTING, Event.ASK): State.DISCONNECTING,
+    (State.DISCONNECTING, Event.ANSWERED): State.DISCONNECTING,
     (State.DISCONNECTING, Event.STOPPED): State.DISCONNECTED,
     # A failure while tearing down still ends as a disconnect the user asked for.
     (State.DISCONNECTING, Event.FAIL): State.DISCONNECTED,
