@@ -25,6 +25,7 @@ from vpnctl.contract import (
     FAILED,
     MANAGER_INTERFACE,
     MANAGER_PATH,
+    NEEDS_INPUT,
     PROPERTIES_INTERFACE,
     SERVER_INTERFACE,
     TERMINAL_STATES,
@@ -35,6 +36,7 @@ from vpnctl.errors import (
     EXIT_OK,
     EXIT_USAGE,
     BusError,
+    InputRequired,
     UsageError,
     VpnctlError,
     WaitTimeout,
@@ -231,11 +233,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-wait", action="store_true", help="return once the connection has started"
     )
     sub.add_argument(
+        "--no-browser",
+        action="store_true",
+        help="for a login in the browser, only print the address to open",
+    )
+    sub.add_argument(
         "--timeout",
         type=_timeout,
         default=CONNECT_TIMEOUT,
         metavar="SECONDS",
         help=f"how long to wait for the tunnel (default {CONNECT_TIMEOUT:g})",
+    )
+
+    sub = command(
+        "answer",
+        _cmd_answer,
+        "answer what the current connection asks (a password, a code, a login in the browser)",
+    )
+    sub.add_argument(
+        "--no-browser",
+        action="store_true",
+        help="for a login in the browser, only print the address to open",
     )
 
     sub = command("status", _cmd_status, "show the current connection")
@@ -288,12 +306,12 @@ def _sign_in_arguments(sub: argparse.ArgumentParser) -> None:
     )
 
 
-def _ask(prompt: str, *, echo: bool) -> str:
-    """A line from the person at the terminal; VpnctlError when there is none."""
+def _ask(prompt: str, *, echo: bool, hint: str = "for a password, use --password-stdin") -> str:
+    """A line from the person at the terminal; InputRequired when there is none."""
     if not sys.stdin.isatty():
-        raise VpnctlError(
+        raise InputRequired(
             f"vpnd needs an answer ({prompt.strip().rstrip(':')}) and there is no terminal to"
-            " ask on (for a password, use --password-stdin)"
+            f" ask on ({hint})"
         )
     if echo:
         return input(prompt)
@@ -462,8 +480,10 @@ def _follow_connection(
     until: frozenset[str],
     deadline: float,
     progress: Callable[[Mapping[str, Any]], None],
+    also: Callable[[Mapping[str, Any]], bool] = lambda properties: False,
 ) -> dict[str, Any]:
-    """Follow a connection's properties until its State is in `until`; return them.
+    """Follow a connection's properties until its State is in `until` (or
+    `also` says so); return them.
 
     Raises TimeoutError when the deadline passes first.
     """
@@ -471,7 +491,7 @@ def _follow_connection(
     # Whatever was queued before that answer is older than it.
     subscription.clear()
     progress(properties)
-    while properties.get("State") not in until:
+    while properties.get("State") not in until and not also(properties):
         signal = bus.next_signal(subscription, deadline)
         if signal.path != path:
             continue
@@ -518,16 +538,24 @@ def _cmd_connect(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
         return EXIT_OK
     if out.isatty():
         _write(out, f"Connecting with profile {profile}…")
-    deadline = time.monotonic() + args.timeout
+    progress = _progress_printer(out)
+    answered = 0
     try:
-        properties = _follow_connection(
-            bus,
-            changes,
-            path,
-            TERMINAL_STATES | {CONNECTED},
-            deadline,
-            _progress_printer(out),
-        )
+        while True:
+            # The time a person takes to answer does not count.
+            deadline = time.monotonic() + args.timeout
+            properties = _follow_connection(
+                bus,
+                changes,
+                path,
+                TERMINAL_STATES | {CONNECTED},
+                deadline,
+                progress,
+                also=_asks_other_than(answered),
+            )
+            if properties.get("State") != NEEDS_INPUT:
+                break
+            answered = _answer_prompt(bus, path, properties, args, out)
     except TimeoutError:
         state = bus.get(path, CONNECTION_INTERFACE, "State")
         raise WaitTimeout(
@@ -549,6 +577,75 @@ def _cmd_connect(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
         + (f", tunnel IP {addresses}" if addresses else ""),
     )
     _show_motd(bus, server, out)
+    return EXIT_OK
+
+
+def _open_prompt(properties: Mapping[str, Any]) -> int:
+    """The id of the question a connection asks now, 0 for none."""
+    prompt = properties.get("Prompt")
+    if properties.get("State") != NEEDS_INPUT or not isinstance(prompt, Mapping):
+        return 0
+    return int(prompt.get("id", 0))
+
+
+def _asks_other_than(answered: int) -> Callable[[Mapping[str, Any]], bool]:
+    """Whether a connection asks a question other than the one `answered` (an id)."""
+    return lambda properties: _open_prompt(properties) not in (0, answered)
+
+
+def _answer_prompt(
+    bus: DaemonBus, path: str, properties: Mapping[str, Any], args: argparse.Namespace, out: IO[str]
+) -> int:
+    """Ask the person what the connection asks and send the answer; return the
+    question's id. A web login is opened in the browser instead, and a question
+    answered meanwhile by another client is left alone."""
+    prompt = render.prompt_record(properties.get("Prompt"))
+    if prompt is None:
+        return 0
+    if prompt["kind"] == "web":
+        url = prompt["url"] or ""
+        _write(out, f"{prompt['message']} If nothing opens, visit:\n{url}")
+        out.flush()
+        if not args.no_browser:
+            import webbrowser
+
+            with contextlib.suppress(webbrowser.Error, OSError):
+                webbrowser.open(url)
+        return int(prompt["id"])
+    hint = "answer it from a terminal with `vpnctl answer`"
+    if not sys.stdin.isatty():
+        raise InputRequired(
+            f"vpnd needs an answer ({prompt['message']}) and there is no terminal to ask on"
+            f" ({hint})"
+        )
+    _write(out, prompt["message"])
+    out.flush()
+    while True:
+        values = {}
+        for field in prompt["fields"]:
+            # A challenge's text is its message, shown above.
+            label = "Answer" if field["label"] == prompt["message"] else field["label"]
+            value = _ask(f"{label}: ", echo=field["echo"], hint=hint)
+            if value or field["required"]:
+                values[field["name"]] = value
+        try:
+            bus.call(path, CONNECTION_INTERFACE, "Answer", "ua{ss}", prompt["id"], values)
+        except BusError as error:
+            if error.name == ERROR_PREFIX + "InvalidArgument":
+                _write(out, f"vpnctl: {error.message}; try again")
+                continue
+            if error.name != ERROR_PREFIX + "NotFound":
+                raise
+            # Answered from elsewhere, or the connection moved on: follow it.
+        return int(prompt["id"])
+
+
+def _cmd_answer(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
+    path, properties = _active_connection(bus)
+    if properties is None or not _open_prompt(properties):
+        _write(out, "Nothing is asked.")
+        return EXIT_OK
+    _answer_prompt(bus, path, properties, args, out)
     return EXIT_OK
 
 

@@ -16,6 +16,7 @@ ERROR_PREFIX = "org.vpnd.Error."
 
 # Connection1.State values that vpnctl acts on.
 CONNECTED = "connected"
+NEEDS_INPUT = "needs-input"
 DISCONNECTED = "disconnected"
 FAILED = "failed"
 TERMINAL_STATES = frozenset({DISCONNECTED, FAILED})

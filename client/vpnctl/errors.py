@@ -14,6 +14,7 @@ EXIT_USAGE = 2
 EXIT_AUTHORIZATION_REQUIRED = 3
 EXIT_UNREACHABLE = 4
 EXIT_DENIED = 5
+EXIT_INPUT_REQUIRED = 6
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = """\
@@ -24,6 +25,7 @@ exit status:
   3    the server needs authorization: run `vpnctl login SERVER`
   4    vpnd cannot be reached on the system bus
   5    permission denied
+  6    vpnd needs an answer (a password, a code) and there is no terminal to ask on
   130  interrupted"""
 
 UNREACHABLE_MESSAGE = "cannot reach vpnd on the system bus (is it running? `systemctl status vpnd`)"
@@ -119,6 +121,12 @@ class UsageError(VpnctlError):
 
 class WaitTimeout(VpnctlError):
     """An awaited state or signal did not come before the deadline."""
+
+
+class InputRequired(VpnctlError):
+    """vpnd asks a question and there is no terminal to ask the person on."""
+
+    exit_code = EXIT_INPUT_REQUIRED
 
 
 class BusUnreachable(VpnctlError):

@@ -123,6 +123,23 @@ def status_record(connection: str | None, properties: Mapping[str, Any] | None) 
         "session_expiry_iso": iso_utc(session_expiry),
         "error": _text_or_none(properties.get("Error")),
         "error_message": _text_or_none(properties.get("ErrorMessage")),
+        "prompt": prompt_record(properties.get("Prompt")),
+    }
+
+
+def prompt_record(prompt: Any) -> dict[str, Any] | None:
+    """Connection1.Prompt as a record: None when nothing is asked."""
+    if not isinstance(prompt, Mapping) or not prompt.get("id"):
+        return None
+    return {
+        "id": int(prompt["id"]),
+        "kind": str(prompt.get("kind", "")),
+        "message": str(prompt.get("message", "")),
+        "url": _text_or_none(prompt.get("url")),
+        "fields": [
+            {"name": str(name), "label": str(label), "echo": bool(echo), "required": bool(req)}
+            for name, label, echo, req in prompt.get("fields", ())
+        ],
     }
 
 
@@ -161,6 +178,9 @@ def render_status(record: Mapping[str, Any], now: float) -> str:
     if expiry and record["connection"]:
         label = "Session ends" if expiry > now else "Session ended"
         lines.append((label, f"{format_local_time(expiry)} ({format_relative(expiry, now)})"))
+    prompt = record.get("prompt")
+    if prompt:
+        lines.append(("Asks", prompt["message"] + (f" {prompt['url']}" if prompt["url"] else "")))
     if state == FAILED or record["error_message"]:
         lines.append(("Error", record["error_message"] or record["error"] or "unknown error"))
     width = max(len(label) for label, _ in lines) + 1

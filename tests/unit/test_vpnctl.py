@@ -386,8 +386,34 @@ def test_status_record_is_stable_and_machine_readable() -> None:
         "session_expiry_iso": "2024-02-11T22:14:20Z",
         "error": None,
         "error_message": None,
+        "prompt": None,
     }
     assert json.loads(render.to_json(record)) == record
+
+
+def test_a_question_shows_in_the_status_record_without_answers() -> None:
+    properties = connected_properties() | {
+        "State": "needs-input",
+        "Prompt": {
+            "id": 3,
+            "kind": "challenge",
+            "message": "Enter your PIN",
+            "url": "",
+            "fields": [("response", "Enter your PIN", True, True)],
+        },
+    }
+    record = render.status_record(CONNECTION, properties)
+    assert record["prompt"] == {
+        "id": 3,
+        "kind": "challenge",
+        "message": "Enter your PIN",
+        "url": None,
+        "fields": [{"name": "response", "label": "Enter your PIN", "echo": True, "required": True}],
+    }
+    assert "Asks:" in render.render_status(record, NOW)
+    assert (
+        render.status_record(CONNECTION, connected_properties() | {"Prompt": {}})["prompt"] is None
+    )
 
 
 def test_status_record_without_a_connection_has_the_same_keys() -> None:
@@ -1008,8 +1034,7 @@ def test_connect_sees_a_state_reached_before_it_listened(daemon: FakeDaemon) -> 
     daemon.handlers["Connect"] = connect
     assert run(daemon, "connect", "vpn", "--profile", "p") == (
         3,
-        "vpnctl: vpn refused the saved authorization; log in to it again"
-        " (run `vpnctl login vpn`)",
+        "vpnctl: vpn refused the saved authorization; log in to it again (run `vpnctl login vpn`)",
     )
 
 
