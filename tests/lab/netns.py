@@ -20,6 +20,7 @@ import socket
 import stat
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -160,10 +161,20 @@ class OpenVPNLab:
     udp_port: int = 1194
     tcp_port: int = 1194
 
-    def __init__(self, pki: LabPKI, workdir: Path, name: str = "vpnd-lab") -> None:
-        """Prepare a lab; nothing is created on the system until `start`."""
+    def __init__(
+        self,
+        pki: LabPKI,
+        workdir: Path,
+        name: str = "vpnd-lab",
+        *,
+        server_lines: Sequence[str] = (),
+    ) -> None:
+        """Prepare a lab; nothing is created on the system until `start`.
+
+        `server_lines` go into both servers' configs (a user check, say)."""
         self.pki = pki
         self.workdir = workdir
+        self._server_lines = tuple(server_lines)
         # Room for "-NN-h" within the 15 characters Linux allows in an interface name.
         self._base = name[:10]
         self._lock: IO[str] | None = None
@@ -417,6 +428,7 @@ class OpenVPNLab:
             "disable-dco",
             "verb 3",
             f"management {self.management_path(proto)} unix",
+            *self._server_lines,
         ]
         return "\n".join(lines) + "\n"
 

@@ -14,7 +14,7 @@ from vpnd.auth.access_server import (
     AccessServerLogin,
     device_id,
 )
-from vpnd.errors import AuthorizationRequired, ConfigRejected, InvalidArgument, NotFound
+from vpnd.errors import AuthorizationRequired, InvalidArgument, NotFound
 from vpnd.http import Response
 from vpnd.protocols.eduvpn import Endpoints
 from vpnd.providers.access_server import AccessServerProvider
@@ -64,9 +64,12 @@ async def test_what_cannot_connect_is_named(session: Session, pki: LabPKI) -> No
     session.vault.set(PROFILE, {"kind": "userlogin", "text": profile(pki, "auth-user-pass")})
     with pytest.raises(NotFound, match='"userlogin"'):
         await provider.obtain(session, "autologin", prefer_tcp=False)
-    # openvpn asks for the password at every connect: without a kept one, no connect.
-    with pytest.raises(ConfigRejected, match="asks for the password at every connect"):
-        await provider.obtain(session, "userlogin", prefer_tcp=False)
+    # openvpn asks for the password at every connect: with nothing kept the
+    # tunnel asks a person for both, with the user name alone for the password.
+    assert (await provider.obtain(session, "userlogin", prefer_tcp=False)).user_pass is None
+    session.vault.set(CREDENTIALS, {"username": "alice", "password": ""})
+    connectable = await provider.obtain(session, "userlogin", prefer_tcp=False)
+    assert connectable.user_pass == ("alice", "")
     session.vault.set(CREDENTIALS, {"username": "alice", "password": "correct horse"})
     connectable = await provider.obtain(session, "userlogin", prefer_tcp=False)
     assert connectable.user_pass == ("alice", "correct horse")

@@ -28,7 +28,8 @@ log = logging.getLogger("vpnd.auth")
 T = TypeVar("T")
 
 PROFILE = "profile"  # the vault record: {"kind": "autologin"|"userlogin", "text": profile}
-CREDENTIALS = "credentials"  # kept only on request: {"username", "password"}
+# {"username", "password"}: the password is kept only on request, else "".
+CREDENTIALS = "credentials"
 
 _MACHINE_ID = Path("/etc/machine-id")
 # Questions waiting for an answer, at most: the oldest is dropped (its login
@@ -54,9 +55,10 @@ class AccessServerLogin:
         self._secrets = secrets
         self._device = device if device is not None else device_id()
         # server id -> (profile kind, the challenge waiting for its answer,
-        # the credentials to keep once it is answered, if the user asked)
+        # the credentials to keep once it is answered: the password only if
+        # the user asked)
         self._challenges: dict[
-            str, tuple[rest.ProfileKind, rest.DynamicChallenge, rest.Credentials | None]
+            str, tuple[rest.ProfileKind, rest.DynamicChallenge, rest.Credentials]
         ] = {}
 
     def _vault(self, record: ServerRecord) -> Vault:
@@ -95,7 +97,10 @@ class AccessServerLogin:
         else:
             kind = _profile_kind(fields.get("profile", "userlogin"))
             credentials = rest.Credentials(fields.get("username", ""), fields.get("password", ""))
-            keep = credentials if fields.get("remember", "no") == "yes" else None
+            remember = fields.get("remember", "no") == "yes"
+            # The user name is kept in any case: a userlogin profile's
+            # tunnel then asks for the password alone.
+            keep = credentials if remember else rest.Credentials(credentials.username, "")
         request = rest.profile_request(
             record.url, kind, device_id=self._device, credentials=credentials
         )
@@ -117,10 +122,7 @@ class AccessServerLogin:
             }
         vault = self._vault(record)
         vault.set(PROFILE, {"kind": kind, "text": text})
-        if keep is not None:
-            vault.set(CREDENTIALS, {"username": keep.username, "password": keep.password})
-        else:
-            vault.delete(CREDENTIALS)
+        vault.set(CREDENTIALS, {"username": keep.username, "password": keep.password})
         log.info("downloaded the %s profile of %s", kind, host_of(record))
         return {}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from vpnd.auth.access_server import CREDENTIALS, PROFILE
-from vpnd.errors import AuthorizationRequired, CertificateRejected, ConfigRejected, NotFound
+from vpnd.errors import AuthorizationRequired, CertificateRejected, NotFound
 from vpnd.protocols import eduvpn_v2, ovpnconfig
 from vpnd.protocols.documents import normalize_base_url
 from vpnd.protocols.eduvpn import Endpoints, Profile
@@ -52,15 +52,12 @@ class AccessServerProvider:
         config = ovpnconfig.sanitize(kept["text"])
         user_pass = None
         if any(d.name == "auth-user-pass" for d in config.directives):
-            # A userlogin profile: openvpn asks for the password at every connect.
-            credentials = session.vault.get(CREDENTIALS)
-            if credentials is None:
-                raise ConfigRejected(
-                    f"the profile of {session.label} asks for the password at every connect"
-                    " and vpnd keeps none; sign in again and let vpnd keep the password, or"
-                    " sign in for the autologin profile if the server allows it"
-                )
-            user_pass = (str(credentials.get("username")), str(credentials.get("password")))
+            # A userlogin profile: openvpn asks for the password at every
+            # connect. A kept one answers; else the user is asked then.
+            credentials = session.vault.get(CREDENTIALS) or {}
+            username, password = credentials.get("username"), credentials.get("password")
+            if isinstance(username, str) and username:
+                user_pass = (username, password if isinstance(password, str) else "")
         if prefer_tcp:
             config = ovpnconfig.tcp_first(config)
         config, key = ovpnconfig.split_key(config)
@@ -76,8 +73,10 @@ class AccessServerProvider:
 
 def _kept(session: Session) -> dict[str, str]:
     kept = session.vault.get(PROFILE)
-    if kept is None or not isinstance(kept.get("text"), str) or not isinstance(
-        kept.get("kind"), str
+    if (
+        kept is None
+        or not isinstance(kept.get("text"), str)
+        or not isinstance(kept.get("kind"), str)
     ):
         raise AuthorizationRequired(f"vpnd has no profile of {session.label}; sign in to it")
     return {"kind": kept["kind"], "text": kept["text"]}
