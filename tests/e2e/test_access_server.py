@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.lab.daemon import VpndProcess, failed, ok, ping, status, vpnctl
+from tests.lab.daemon import VpndProcess, ok, ping, status, vpnctl
 from tests.lab.netns import OpenVPNLab
 from tests.lab.pki import LabPKI
 from tests.lab.portal_as import TestAccessServer
@@ -55,11 +55,3 @@ def test_a_userlogin_profile_connects_with_the_kept_password(
     assert ping(openvpn_lab.tunnel_gateway_udp)
     ok(vpnctl(["disconnect"], client_env))
     assert "correct horse" not in vpnd.log()
-
-
-def test_a_userlogin_profile_without_a_kept_password_is_refused_not_a_hang(
-    vpnd: VpndProcess, access_server: TestAccessServer, client_env: dict[str, str]
-) -> None:
-    sign_in(access_server, client_env)
-    line = failed(vpnctl(["connect", "127.0.0.1"], client_env))
-    assert "asks for the password at every connect" in line
