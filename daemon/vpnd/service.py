@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +79,29 @@ def _notifier() -> Callable[[str], None]:
             log.warning("sd_notify(%s) failed: %s", state.split("=", 1)[0], exc)
 
     return notify
+
+
+def watchdog_interval(environ: Mapping[str, str], pid: int) -> float | None:
+    """Seconds between WATCHDOG=1 notices when systemd asks for them (half its
+    WATCHDOG_USEC, as sd_watchdog_enabled advises); None when it does not."""
+    owner = environ.get("WATCHDOG_PID")
+    if owner and owner != str(pid):
+        return None  # meant for another process (openvpn inherits nothing, but a wrapper might)
+    try:
+        usec = int(environ.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    return usec / 2_000_000 if usec > 0 else None
+
+
+async def _keep_alive(notify: Callable[[str], None], interval: float) -> None:
+    """Tell systemd the event loop turns, every `interval` seconds.
+
+    Fed from the loop itself: a loop that is wedged (a blocking call, an
+    endless callback) stops the notices, and systemd restarts the daemon."""
+    while True:
+        notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
 
 
 def _launcher(choice: str) -> Launcher:
@@ -257,9 +280,7 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
         on_event: Callable[[TunnelEvent], None],
         user_pass: tuple[str, str] | None = None,
     ) -> Tunnel:
-        return Tunnel(
-            name, text, tunnel_settings, on_event, private_key=key, user_pass=user_pass
-        )
+        return Tunnel(name, text, tunnel_settings, on_event, private_key=key, user_pass=user_pass)
 
     try:
         bus: MessageBus | None = await transport.connect()
@@ -292,6 +313,8 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     steps.step("owns its bus name")
     notify("READY=1\nSTATUS=Serving on the system bus")
     log.info("vpnd %s ready on the system bus as %s", __version__, BUS_NAME)
+    interval = watchdog_interval(os.environ, os.getpid())
+    keep_alive = asyncio.create_task(_keep_alive(notify, interval)) if interval else None
     try:
         bus = await _stay_on_bus(bus, bus_id, frontend, stop, notify)
     except transport.UnsupportedDbusFast as exc:
@@ -309,6 +332,9 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     if bus is not None and bus.connected:
         frontend.router.flush()
         bus.disconnect()
+    if keep_alive is not None:
+        # Fed through the shutdown too: tearing a tunnel down may take a while.
+        keep_alive.cancel()
     return 0
 
 

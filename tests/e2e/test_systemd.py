@@ -21,6 +21,7 @@ import os
 import pwd
 import re
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -249,4 +250,28 @@ def test_the_store_key_comes_from_an_encrypted_credential(
         assert ok(vpnctl(["list"], env)).count(portal.base_url) == 1
     finally:
         world.run("rm", "-f", drop_in, credential)
+        world.systemctl("daemon-reload")
+
+
+def test_a_wedged_event_loop_is_restarted_by_the_watchdog(unit_daemon: UnitDaemon) -> None:
+    # The unit's WatchdogSec= is 30 s; 2 s here keeps the test short.
+    world = unit_daemon.world
+    drop_in = f"/etc/systemd/system/{UNIT}.d/watchdog.conf"
+    world.write_file(drop_in, "[Service]\nWatchdogSec=2s\n")
+    world.systemctl("daemon-reload")
+    try:
+        world.systemctl("start", UNIT)
+        first = unit_daemon.pid
+        # Fed from the event loop: three periods pass and nothing happens.
+        time.sleep(6)
+        assert unit_daemon.active() and unit_daemon.pid == first
+        assert unit_daemon.show(UNIT, "NRestarts") == "0"
+        # A stopped process stands for a loop that no longer turns; only the
+        # watchdog can tell, so only it can make systemd restart the daemon.
+        os.kill(first, signal.SIGSTOP)
+        unit_daemon.wait_for(lambda: unit_daemon.show(UNIT, "NRestarts") == "1", timeout=15)
+        unit_daemon.wait_for(unit_daemon.active, timeout=15)
+        assert unit_daemon.pid != first
+    finally:
+        world.run("rm", "-f", drop_in)
         world.systemctl("daemon-reload")
