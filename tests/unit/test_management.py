@@ -13,8 +13,10 @@ from vpnd.errors import TunnelFailed
 from vpnd.protocols.management import (
     MAX_BLOCK_LINES,
     MAX_LINE,
+    Answered,
     ByteCountEvent,
     CommandResult,
+    Conversation,
     Event,
     FatalEvent,
     HoldEvent,
@@ -485,4 +487,61 @@ def test_pk_sig_reply_and_a_request_during_a_reply() -> None:
         PkSignEvent("AAAA", "ECDSA"),
         CommandResult(ok=True, text="", lines=("line 1",)),
         CommandResult(ok=True, text="pk-sign command succeeded"),
+    ]
+
+
+# --- Conversation: replies paired with commands -----------------------------------
+
+
+def test_replies_are_paired_with_commands_in_order_around_notifications() -> None:
+    talk = Conversation()
+    data, first = talk.send(("state", "on"), ("hold", "release"))
+    assert data == b"state on\nhold release\n"
+    second = talk.send_block(pk_sig(b"sig"))
+    events = talk.feed(
+        b"SUCCESS: state on\r\n>HOLD:Waiting\r\nERROR: no hold\r\n>STATE:1,WAIT,,,,,,\r\n"
+        b"SUCCESS: pk-sig ok\r\n"
+    )
+    answered = [e for e in events if isinstance(e, Answered)]
+    assert [a.ticket for a in answered] == [*first, second]
+    assert [a.result.ok for a in answered] == [True, False, True]
+    assert isinstance(events[1], HoldEvent) and isinstance(events[3], StateEvent)
+
+
+def test_a_reply_nobody_asked_for_has_ticket_zero() -> None:
+    (event,) = Conversation().feed(b"SUCCESS: surprise\n")
+    assert event == Answered(0, CommandResult(ok=True, text="surprise"))
+
+
+def test_a_command_openvpn_cannot_take_queues_nothing() -> None:
+    talk = Conversation()
+    with pytest.raises(ValueError):
+        talk.send(("state", "on"), ("username", "Auth", "new\nline"))
+    _data, (ticket,) = talk.send(("state", "on"))
+    (event,) = talk.feed(b"SUCCESS: ok\n")
+    assert isinstance(event, Answered) and event.ticket == ticket
+
+
+def test_version_is_answered_by_openvpn_2_6_which_does_not_reply_to_it() -> None:
+    talk = Conversation()
+    data, (version, pid) = talk.announce_version()
+    assert data == b"version 4\npid\n"
+    events = talk.feed(b"SUCCESS: pid=4242\r\n")
+    assert events == [
+        Answered(version, CommandResult(ok=True, text="")),
+        Answered(pid, CommandResult(ok=True, text="pid=4242")),
+    ]
+    _data, (after,) = talk.send(("hold", "release"))
+    assert talk.feed(b"SUCCESS: released\n")[0] == Answered(
+        after, CommandResult(ok=True, text="released")
+    )
+
+
+def test_version_is_answered_by_later_openvpns_that_reply_to_it() -> None:
+    talk = Conversation()
+    _data, (version, pid) = talk.announce_version()
+    events = talk.feed(b"SUCCESS: Management Version set to 4\r\nSUCCESS: pid=7\r\n")
+    assert [(e.ticket, e.result.text) for e in events if isinstance(e, Answered)] == [
+        (version, "Management Version set to 4"),
+        (pid, "pid=7"),
     ]

@@ -12,15 +12,17 @@ What openvpn sends is line based (lines end in CRLF):
   one that is exactly `END`. Nothing in such a reply marks it as one, so the
   caller announces it with `ManagementParser.expect_multiline()`.
 
-openvpn answers commands one at a time and in order. The parser relies on the
-caller to send a command only after the reply to the previous one arrived,
-so that a reply always belongs to the one command in flight.
+openvpn answers commands one at a time and in order. `Conversation` keeps
+that order: each command sent gets a ticket, and each reply comes back as
+`Answered(ticket, result)`, so a caller can have several commands in flight
+and still know which reply is whose.
 """
 
 from __future__ import annotations
 
 import base64
 import re
+from collections import deque
 from dataclasses import dataclass
 
 from vpnd.errors import TunnelFailed
@@ -380,3 +382,72 @@ def pk_sig(signature: bytes) -> bytes:
     text = base64.b64encode(signature).decode("ascii")
     lines = [text[i : i + PK_SIG_LINE_CHARS] for i in range(0, len(text), PK_SIG_LINE_CHARS)]
     return "\n".join(["pk-sig", *lines, "END"]).encode("ascii") + b"\n"
+
+
+@dataclass(frozen=True)
+class Answered:
+    """The reply to the command that got `ticket` (0: a reply no command waited for)."""
+
+    ticket: int
+    result: CommandResult
+
+
+class Conversation:
+    """Both directions of one management connection. Pure: no I/O.
+
+    `send()` and `announce_version()` return the bytes to write and a ticket
+    per command; write them before sending anything else, in that order.
+    `feed()` returns the events of the bytes read, each reply as
+    Answered(ticket, result).
+    """
+
+    def __init__(self) -> None:
+        self._parser = ManagementParser()
+        self._waiting: deque[int] = deque()
+        self._issued = 0
+        self._version_probe: tuple[int, int] | None = None
+
+    def send(self, *commands: tuple[str, ...]) -> tuple[bytes, list[int]]:
+        """Command lines for `commands` (tuples of words) and their tickets.
+
+        Raises ValueError, with nothing queued, for a word openvpn could not
+        receive intact (see `command()`).
+        """
+        data = b"".join(command(*words) for words in commands)
+        return data, self._tickets(len(commands))
+
+    def send_block(self, data: bytes) -> int:
+        """The ticket of a block such as `pk_sig()`, which has one reply line."""
+        return self._tickets(1)[0]
+
+    def announce_version(self) -> tuple[bytes, list[int]]:
+        """`version 4`, then `pid`: openvpn 2.6 does not answer the first, later
+        versions do. Whichever it is, both tickets are answered: the reply that
+        reads `pid=...` is pid's, and a version without a reply gets SUCCESS."""
+        data, tickets = self.send(("version", "4"), ("pid",))
+        self._version_probe = (tickets[0], tickets[1])
+        return data, tickets
+
+    def feed(self, data: bytes) -> list[Event | Answered]:
+        """Events for the bytes read; raises ProtocolViolation like ManagementParser."""
+        out: list[Event | Answered] = []
+        for event in self._parser.feed(data):
+            if not isinstance(event, CommandResult):
+                out.append(event)
+                continue
+            ticket = self._waiting.popleft() if self._waiting else 0
+            probe = self._version_probe
+            if probe is not None and ticket == probe[0]:
+                self._version_probe = None
+                if event.ok and event.text.startswith("pid="):
+                    self._waiting.popleft()  # pid's ticket, sent right behind
+                    out.append(Answered(probe[0], CommandResult(ok=True, text="")))
+                    ticket = probe[1]
+            out.append(Answered(ticket, event))
+        return out
+
+    def _tickets(self, count: int) -> list[int]:
+        tickets = list(range(self._issued + 1, self._issued + 1 + count))
+        self._issued += count
+        self._waiting.extend(tickets)
+        return tickets

@@ -43,19 +43,19 @@ from typing import TYPE_CHECKING, TypeVar
 from vpnd.errors import InvalidArgument, TunnelFailed, VpndError
 from vpnd.protocols.credentials import Dialog, Question, Refusal, Reply
 from vpnd.protocols.management import (
+    Answered,
     ByteCountEvent,
     CommandResult,
+    Conversation,
     Event,
     FatalEvent,
     HoldEvent,
     InfoEvent,
-    ManagementParser,
     PasswordEvent,
     PkSignEvent,
     ProtocolViolation,
     StateEvent,
     UnexpectedLine,
-    command,
     pk_sig,
 )
 from vpnd.steps import Steps
@@ -215,16 +215,14 @@ class Tunnel:
         self._account: tuple[str, str] | None = None  # (user, group) openvpn drops to
 
         self._proc: OpenVPNProcess | None = None
-        self._parser = ManagementParser()
+        self._conversation = Conversation()
         self._writer: asyncio.StreamWriter | None = None
         self._management_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
-        # Commands go in order, one or one batch at a time: the parser pairs
-        # replies with commands by order.
-        self._command_lock = asyncio.Lock()
         self._spawn_lock = asyncio.Lock()
-        self._replies: deque[asyncio.Future[CommandResult]] = deque()
+        # Replies awaited, by the ticket the conversation gave their command.
+        self._replies: dict[int, asyncio.Future[CommandResult]] = {}
         self._exited = asyncio.Event()
 
         self._started = False
@@ -500,8 +498,9 @@ class Tunnel:
         # Not through _command(): it must not wait behind a command in flight,
         # and openvpn may be gone before it answers.
         assert self._writer is not None
+        data, _tickets = self._conversation.send(("signal", "SIGTERM"))
         with contextlib.suppress(OSError):
-            self._writer.write(command("signal", "SIGTERM"))
+            self._writer.write(data)
 
     # -- management connection ---------------------------------------------
 
@@ -524,53 +523,31 @@ class Tunnel:
         log.info("tunnel %s: openvpn released from hold", self._name)
 
     async def _announce_version(self) -> None:
-        """Send `version 4`; it has no reply in openvpn 2.6 but SUCCESS in later ones.
-
-        `pid` right behind it tells the two cases apart: its reply is the one
-        that reads `pid=...`.
-        """
-        async with self._command_lock:
-            loop = asyncio.get_running_loop()
-            first: asyncio.Future[CommandResult] = loop.create_future()
-            second: asyncio.Future[CommandResult] = loop.create_future()
-            self._replies.extend((first, second))
-            await self._write(command("version", "4") + command("pid"))
-            if (await self._unless_exited(first)).text.startswith("pid="):
-                self._replies.remove(second)
-                second.cancel()
-                return
-            await self._unless_exited(second)
-
-    async def _command(self, *words: str) -> CommandResult:
-        """Send one command and return openvpn's SUCCESS reply; an ERROR raises TunnelFailed."""
-        return await self._request(command(*words), words[0])
+        """`version 4`, which openvpn 2.6 does not answer and later ones do (the
+        conversation tells the two apart)."""
+        await self._exchange(*self._conversation.announce_version(), ("version", "pid"))
 
     async def _commands(self, commands: Sequence[tuple[str, ...]]) -> None:
-        """Send several one-line commands in one write; TunnelFailed on the first ERROR."""
-        # Built first: a word openvpn could not take raises before any reply is awaited.
-        data = b"".join(command(*words) for words in commands)
-        async with self._command_lock:
-            loop = asyncio.get_running_loop()
-            replies: list[asyncio.Future[CommandResult]] = [loop.create_future() for _ in commands]
-            self._replies.extend(replies)
-            await self._write(data)
-            for words, reply in zip(commands, replies, strict=True):
-                result = await self._unless_exited(reply)
-                if not result.ok:
-                    raise TunnelFailed(f"openvpn refused `{words[0]}`: {result.text}")
+        """Send several one-line commands in one write; TunnelFailed on the first ERROR.
+
+        Raises ValueError, with nothing sent, for a word openvpn could not take."""
+        data, tickets = self._conversation.send(*commands)
+        await self._exchange(data, tickets, tuple(words[0] for words in commands))
 
     async def _request(self, data: bytes, name: str) -> CommandResult:
-        """Send a command (one line, or a block like `pk-sig`) that has one reply line."""
-        async with self._command_lock:
-            reply: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
-            self._replies.append(reply)
-            await self._write(data)
-            result = await self._unless_exited(reply)
-        if not result.ok:
-            raise TunnelFailed(f"openvpn refused `{name}`: {result.text}")
+        """Send a block like `pk-sig` that has one reply line."""
+        ticket = self._conversation.send_block(data)
+        (result,) = await self._exchange(data, [ticket], (name,))
         return result
 
-    async def _write(self, data: bytes) -> None:
+    async def _exchange(
+        self, data: bytes, tickets: Sequence[int], names: Sequence[str]
+    ) -> list[CommandResult]:
+        """Write `data` at once (the tickets' order is the order on the wire),
+        then await each reply; TunnelFailed on the first ERROR or an exit."""
+        loop = asyncio.get_running_loop()
+        replies = [loop.create_future() for _ in tickets]
+        self._replies.update(zip(tickets, replies, strict=True))
         if self._writer is None or self._writer.is_closing():
             raise TunnelFailed("openvpn's management connection is closed")
         try:
@@ -578,11 +555,18 @@ class Tunnel:
             await self._writer.drain()
         except OSError:
             raise TunnelFailed("openvpn's management connection is closed") from None
+        results = []
+        for name, reply in zip(names, replies, strict=True):
+            result = await self._unless_exited(reply)
+            if not result.ok:
+                raise TunnelFailed(f"openvpn refused `{name}`: {result.text}")
+            results.append(result)
+        return results
 
     async def _read_management(self, reader: asyncio.StreamReader) -> None:
         try:
             while data := await reader.read(65536):
-                for event in self._parser.feed(data):
+                for event in self._conversation.feed(data):
                     self._dispatch(event)
         except ProtocolViolation as error:
             log.error("tunnel %s: %s", self._name, error.message)
@@ -592,18 +576,17 @@ class Tunnel:
         finally:
             # Cancelled, not failed: a future nobody awaits any more must not
             # leave an unretrieved exception behind.
-            for reply in self._replies:
+            for reply in self._replies.values():
                 reply.cancel()
             self._replies.clear()
 
-    def _dispatch(self, event: Event) -> None:
-        if isinstance(event, CommandResult):
-            if self._replies:
-                reply = self._replies.popleft()
-                if not reply.done():
-                    reply.set_result(event)
-            else:
-                log.debug("tunnel %s: reply nobody waited for: %s", self._name, event.text)
+    def _dispatch(self, event: Event | Answered) -> None:
+        if isinstance(event, Answered):
+            reply = self._replies.pop(event.ticket, None)
+            if reply is None:
+                log.debug("tunnel %s: reply nobody waited for: %s", self._name, event.result.text)
+            elif not reply.done():
+                reply.set_result(event.result)
             return
         if isinstance(event, StateEvent):
             log.debug("tunnel %s: state %s %s", self._name, event.name, event.detail)
@@ -726,7 +709,7 @@ class Tunnel:
         finally:
             exited.cancel()
             if not task.done():
-                # A cancelled reply future still takes its reply off the queue.
+                # Its reply, if it still comes, finds no one waiting.
                 task.cancel()
         if not task.done():
             raise TunnelFailed("openvpn exited")
