@@ -95,7 +95,16 @@ def build_targets() -> dict[str, Target]:
         StorageFailed,
         VpndError,
     )
-    from vpnd.protocols import connstate, eduvpn, lang, management, oauth, ovpnconfig, pkce
+    from vpnd.protocols import (
+        connstate,
+        credentials,
+        eduvpn,
+        lang,
+        management,
+        oauth,
+        ovpnconfig,
+        pkce,
+    )
 
     try:
         from vpnd.protocols import pksign
@@ -339,7 +348,21 @@ def build_targets() -> dict[str, Target]:
             with contextlib.suppress(connstate.InvalidTransition):
                 state.handle(events[byte % len(events)])
             _check(state.state in connstate.State, "state outside the table")
-        connstate.openvpn_event(_text(data))
+
+    def credential_questions(data: bytes) -> None:
+        # What a server (through openvpn) may ask: each line is one notification.
+        dialog = credentials.Dialog(("user", "pw") if data[:1] == b"k" else None)
+        for line in _text(data).split("\n"):
+            kind, _, text = line.partition("|")
+            outcome = dialog.on_info(text) if kind == "i" else dialog.on_password(text)
+            if isinstance(outcome, credentials.Question):
+                _check(all(ch.isprintable() for ch in outcome.message), "unprintable question")
+                if outcome.kind == "web":
+                    _check(outcome.url.startswith("https://"), "web login elsewhere")
+                with contextlib.suppress(VpndError):
+                    reply = dialog.answer({f.name: "x" for f in outcome.fields})
+                    for words in reply.commands:
+                        management.command(*words)  # openvpn can take every answer
 
     targets = [
         Target("baseline", baseline),
@@ -495,6 +518,15 @@ def build_targets() -> dict[str, Target]:
             seeds=(b'username\x00Auth\x00a b"c',),
         ),
         Target("connstate.ConnectionMachine", machine, seeds=(b"\x00\x02\x03\x04",)),
+        Target(
+            "credentials.Dialog",
+            credential_questions,
+            seeds=(
+                b"p|Need 'Auth' username/password SC:1,PIN",
+                b"kp|Verification Failed: 'Auth' ['CRV1:R,E:s:dQ==:Code']\np|Need 'Auth' x",
+                b"i|WEB_AUTH::https://example.org/\ni|CR_TEXT:R:Code",
+            ),
+        ),
     ]
 
     if pksign is not None:

@@ -28,15 +28,22 @@ from vpnd.errors import (
     VpndError,
 )
 from vpnd.protocols import eduvpn, lang, ovpnconfig
-from vpnd.protocols.connstate import ConnectionMachine, Event, State, openvpn_event
+from vpnd.protocols.connstate import ConnectionMachine, Event, State
 from vpnd.protocols.credentials import Question
 from vpnd.protocols.eduvpn import Endpoints
-from vpnd.protocols.management import ByteCountEvent, FatalEvent, StateEvent
 from vpnd.providers import Families
 from vpnd.providers.base import Connectable, Family, PendingAuthorization, Provider, Session
 from vpnd.steps import Steps
 from vpnd.store.store import ServerRecord, ServerSecrets, Store, host_of, new_server_id
-from vpnd.tunnel.openvpn import PromptEvent, TunnelEvent, TunnelExited
+from vpnd.tunnel.events import (
+    Lost,
+    Progress,
+    PromptEvent,
+    Traffic,
+    TunnelEvent,
+    TunnelExited,
+    Up,
+)
 
 log = logging.getLogger("vpnd.manager")
 
@@ -132,7 +139,6 @@ class Connection:
     error_message: str = ""
     endpoints: Endpoints | None = None
     tunnel: TunnelLike | None = None
-    last_fatal: str = ""
     task: asyncio.Task[None] | None = None
     # What openvpn asks a person now, and its number (answers name it).
     question: Question | None = None
@@ -612,19 +618,17 @@ class Manager:
     def _on_tunnel_event(self, connection: Connection, event: TunnelEvent) -> None:
         if connection.machine.finished:
             return
-        if isinstance(event, ByteCountEvent):
+        if isinstance(event, Traffic):
             connection.bytes_in, connection.bytes_out = event.bytes_in, event.bytes_out
             self._listener.connection_changed(connection, {"bytes_in", "bytes_out"})
-        elif isinstance(event, StateEvent):
-            self._on_openvpn_state(connection, event)
-        elif isinstance(event, FatalEvent):
-            connection.last_fatal = event.text
+        elif isinstance(event, Progress | Up | Lost):
+            self._on_progress(connection, event)
         elif isinstance(event, PromptEvent):
             self._on_prompt(connection, event.question)
         elif isinstance(event, TunnelExited):
             if connection.state is State.DISCONNECTING:
                 return  # disconnect() finishes the story
-            reason = connection.last_fatal or event.reason or f"exit status {event.returncode}"
+            reason = event.reason or f"exit status {event.returncode}"
             error = event.error or TunnelFailed(f"openvpn stopped: {reason}")
             asyncio.get_running_loop().create_task(self._fail(connection, error))
 
@@ -660,15 +664,11 @@ class Manager:
         log.info("connection %d: the question was answered", connection.conn_id)
         self._on_prompt(connection, None)
 
-    def _on_openvpn_state(self, connection: Connection, event: StateEvent) -> None:
+    def _on_progress(self, connection: Connection, event: Progress | Up | Lost) -> None:
         changed = {"detail"}
-        connection.detail = "" if event.name == "CONNECTED" else event.name
-        if event.name == "EXITING":
-            # The exit itself (TunnelExited) decides what this means.
-            self._listener.connection_changed(connection, changed)
-            return
-        connection.steps.step(f"openvpn state {event.name}")
-        if event.name == "CONNECTED":
+        if isinstance(event, Up):
+            connection.detail = ""
+            connection.steps.step("the tunnel is up")
             connection.tunnel_ip = event.local_ip
             connection.tunnel_ipv6 = event.local_ipv6
             connection.remote = (
@@ -676,6 +676,15 @@ class Manager:
             )
             connection.connected_since = time.time()
             changed |= {"tunnel_ip", "tunnel_ipv6", "remote", "connected_since"}
+            move = Event.UP
+        elif isinstance(event, Lost):
+            connection.detail = event.reason
+            connection.steps.step(f"the tunnel was lost ({event.reason})")
+            move = Event.LOST
+        else:
+            connection.detail = event.step
+            connection.steps.step(f"openvpn state {event.step}")
+            move = Event.PROGRESS
         self._listener.connection_changed(connection, changed)
         if connection.state in (
             State.CONNECTING,
@@ -683,7 +692,7 @@ class Manager:
             State.RECONNECTING,
             State.NEEDS_INPUT,
         ):
-            self._move(connection, openvpn_event(event.name))
+            self._move(connection, move)
 
     async def _fail(self, connection: Connection, error: VpndError) -> None:
         if connection.machine.finished or connection.state is State.DISCONNECTING:

@@ -253,7 +253,8 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     from vpnd.providers import default_families
     from vpnd.store.secret_store import open_secret_store
     from vpnd.store.store import Store
-    from vpnd.tunnel.openvpn import Tunnel, TunnelEvent, TunnelSettings
+    from vpnd.tunnel.events import TunnelEvent
+    from vpnd.tunnel.openvpn import Tunnel, TunnelSettings
 
     steps.step("imported the daemon")
     notify = _notifier()

@@ -49,8 +49,8 @@ from tests.lab.dbus import PrivateSystemBus
 from tests.lab.netns import OpenVPNLab
 from tests.lab.pki import LabPKI
 from tests.lab.portal import TestPortal
-from vpnd.protocols.management import StateEvent
-from vpnd.tunnel.openvpn import Tunnel, TunnelEvent, TunnelExited, TunnelSettings
+from vpnd.tunnel.events import TunnelEvent, TunnelExited, Up
+from vpnd.tunnel.openvpn import Tunnel, TunnelSettings
 
 pytestmark = pytest.mark.e2e
 
@@ -515,7 +515,7 @@ async def test_vpnds_options_override_the_config_they_follow(
     tunnel = Tunnel("override", config, TunnelSettings(runtime_dir=runtime_dir), record)
     try:
         await tunnel.start()  # vpnd's management connection works: it was not replaced
-        await until(lambda e: isinstance(e, StateEvent) and e.name == "CONNECTED")
+        await until(lambda e: isinstance(e, Up))
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", scratch.closed_port), timeout=5).close()
     finally:

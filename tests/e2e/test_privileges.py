@@ -37,7 +37,7 @@ from tests.e2e.test_tunnel import (
 from tests.lab.daemon import proc_status
 from tests.lab.netns import OpenVPNLab
 from vpnd.errors import TunnelFailed
-from vpnd.protocols.management import StateEvent
+from vpnd.tunnel.events import Lost
 from vpnd.tunnel.openvpn import TunnelSettings
 
 pytestmark = pytest.mark.e2e
@@ -270,7 +270,7 @@ async def test_a_dropped_openvpn_reconnects_and_signs_again(
 
     mark = len(recorder.events)
     os.kill(tunnel.pid, signal.SIGUSR1)
-    await recorder.wait_for(lambda e: isinstance(e, StateEvent) and e.name == "RECONNECTING", mark)
+    await recorder.wait_for(lambda e: isinstance(e, Lost), mark)
     again = await connected(recorder, mark)
 
     # --persist-tun: the same device, which the unprivileged openvpn could not make again.

@@ -31,16 +31,9 @@ from tests.lab.netns import DATA_CIPHERS, OpenVPNLab, Remote, build_client_confi
 from tests.lab.pki import KeyType, LabPKI
 from tests.lab.require import require_account, require_root, require_tool
 from vpnd.errors import CredentialsRejected, InvalidArgument, TunnelFailed
-from vpnd.protocols.management import ByteCountEvent, StateEvent
 from vpnd.protocols.ovpnconfig import inline_block, sanitize, without
-from vpnd.tunnel.openvpn import (
-    DEFAULT_USER,
-    PromptEvent,
-    Tunnel,
-    TunnelEvent,
-    TunnelExited,
-    TunnelSettings,
-)
+from vpnd.tunnel.events import Progress, PromptEvent, Traffic, TunnelEvent, TunnelExited, Up
+from vpnd.tunnel.openvpn import DEFAULT_USER, Tunnel, TunnelSettings
 
 pytestmark = pytest.mark.e2e
 
@@ -166,13 +159,10 @@ async def ping(address: str) -> bool:
     return await process.wait() == 0
 
 
-async def connected(recorder: Recorder, after: int = 0) -> StateEvent:
-    """The first CONNECTED state among the recorder's events from index `after` on."""
-    event = await recorder.wait_for(
-        lambda e: isinstance(e, StateEvent) and e.name == "CONNECTED", after
-    )
-    assert isinstance(event, StateEvent)
-    assert event.detail == "SUCCESS"
+async def connected(recorder: Recorder, after: int = 0) -> Up:
+    """The first Up among the recorder's events from index `after` on."""
+    event = await recorder.wait_for(lambda e: isinstance(e, Up), after)
+    assert isinstance(event, Up)
     return event
 
 
@@ -274,7 +264,7 @@ async def test_stop_while_connecting(
     assert tunnel.pid is not None and not process_gone(tunnel.pid)
     # The socket file is gone as soon as openvpn has connected to it.
     assert not tunnel.socket_path.exists()
-    await recorder.wait_for(lambda e: isinstance(e, StateEvent))
+    await recorder.wait_for(lambda e: isinstance(e, Progress | Up))
 
     await tunnel.stop()
 
@@ -406,7 +396,7 @@ async def test_openvpn_gets_the_kept_user_name_and_password_once(
         user_pass=("alice", 'correct "horse" battery'),
     )  # fmt: skip
     await tunnel.start()
-    await recorder.wait_for(lambda e: isinstance(e, StateEvent) and e.name == "CONNECTED")
+    await recorder.wait_for(lambda e: isinstance(e, Up))
     assert "answering openvpn's question" in caplog.text
     assert "horse" not in caplog.text  # never logged
     await tunnel.stop()
@@ -427,7 +417,7 @@ async def test_openvpn_asking_for_a_password_nobody_keeps_asks_a_person(
     with pytest.raises(InvalidArgument):
         tunnel.answer({"username": "bob"})  # incomplete: still asked
     tunnel.answer({"username": "bob", "password": "typed by a person"})
-    await recorder.wait_for(lambda e: isinstance(e, StateEvent) and e.name == "CONNECTED")
+    await recorder.wait_for(lambda e: isinstance(e, Up))
     await tunnel.stop()
 
 
@@ -442,11 +432,8 @@ async def test_a_real_tunnel_carries_packets(
     tunnel, recorder = make_tunnel("lab", client_profile, settings)
     await tunnel.start()
     try:
-        connected = await recorder.wait_for(
-            lambda e: isinstance(e, StateEvent) and e.name == "CONNECTED"
-        )
-        assert isinstance(connected, StateEvent)
-        assert connected.detail == "SUCCESS"
+        connected = await recorder.wait_for(lambda e: isinstance(e, Up))
+        assert isinstance(connected, Up)
         assert ipaddress.ip_address(connected.local_ip) in ipaddress.ip_network(
             openvpn_lab.tunnel_subnet("udp")
         )
@@ -462,9 +449,9 @@ async def test_a_real_tunnel_carries_packets(
         assert await ping.wait() == 0
 
         counted = await recorder.wait_for(
-            lambda e: isinstance(e, ByteCountEvent) and e.bytes_in > 0 and e.bytes_out > 0
+            lambda e: isinstance(e, Traffic) and e.bytes_in > 0 and e.bytes_out > 0
         )
-        assert isinstance(counted, ByteCountEvent)
+        assert isinstance(counted, Traffic)
     finally:
         await tunnel.stop()
 
@@ -567,9 +554,7 @@ def tls12_servers(
             server.stop()
 
 
-async def bring_up_and_ping(
-    tunnel: Tunnel, recorder: Recorder, subnet: str, gateway: str
-) -> StateEvent:
+async def bring_up_and_ping(tunnel: Tunnel, recorder: Recorder, subnet: str, gateway: str) -> Up:
     await tunnel.start()
     event = await connected(recorder)
     assert ipaddress.ip_address(event.local_ip) in ipaddress.ip_network(subnet)
@@ -789,7 +774,8 @@ async def test_handshake_config_and_authentication_failure(
     assert exited.reason == "authentication failed"
     assert isinstance(exited.error, CredentialsRejected)
     assert exited.error.message == "the server refused the connection"
-    assert [e.name for e in recorder.events if isinstance(e, StateEvent)] == ["AUTH", "EXITING"]
+    # EXITING is not passed on: the exit itself says how it ended.
+    assert [e.step for e in recorder.events if isinstance(e, Progress)] == ["AUTH"]
     assert_nothing_left(tunnel, runtime_dir)
 
 

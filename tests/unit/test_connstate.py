@@ -13,7 +13,6 @@ from vpnd.protocols.connstate import (
     Event,
     InvalidTransition,
     State,
-    openvpn_event,
 )
 
 
@@ -62,13 +61,6 @@ def test_failure_is_terminal() -> None:
 def test_openvpn_up_before_a_config_is_impossible() -> None:
     with pytest.raises(InvalidTransition, match="preparing"):
         run(Event.UP)
-
-
-def test_openvpn_state_names() -> None:
-    assert openvpn_event("CONNECTED") is Event.UP
-    assert openvpn_event("RECONNECTING") is Event.LOST
-    for name in ("WAIT", "AUTH", "GET_CONFIG", "ASSIGN_IP", "ADD_ROUTES", "RESOLVE", "TCP_CONNECT"):
-        assert openvpn_event(name) is Event.PROGRESS
 
 
 @given(st.lists(st.sampled_from(list(Event)), max_size=30))

@@ -34,12 +34,11 @@ from vpnd.protocols.connstate import State
 from vpnd.protocols.credentials import Dialog, LoginRefused, Question
 from vpnd.protocols.eduvpn import Endpoints, Profile
 from vpnd.protocols.eduvpn_v2 import Message
-from vpnd.protocols.management import ByteCountEvent, FatalEvent, StateEvent
 from vpnd.protocols.ovpnconfig import sanitize, split_key
 from vpnd.providers import Families
 from vpnd.providers.base import Connectable, Family, NotThisFamily, Session
 from vpnd.store.store import ServerRecord, Store
-from vpnd.tunnel.openvpn import PromptEvent, TunnelEvent, TunnelExited
+from vpnd.tunnel.events import Progress, PromptEvent, Traffic, TunnelEvent, TunnelExited, Up
 
 T = TypeVar("T")
 
@@ -297,7 +296,7 @@ class World:
     async def connected(self, server: Server) -> Connection:
         connection = self.manager.connect(server, "employees", prefer_tcp=False)
         await settled_tunnel(self, connection)
-        self.tunnels[-1].emit(StateEvent(1, "CONNECTED", "SUCCESS", "10.8.0.2", "198.51.100.1"))
+        self.tunnels[-1].emit(Up("10.8.0.2", "", "198.51.100.1"))
         assert connection.state is State.CONNECTED
         return connection
 
@@ -659,10 +658,9 @@ async def test_openvpn_exiting_fails_the_connection_and_releases_it(world: World
     server = await world.authorized_server()
     connection = await world.connected(server)
     tunnel = world.tunnels[-1]
-    tunnel.emit(ByteCountEvent(100, 200))
+    tunnel.emit(Traffic(100, 200))
     assert (connection.bytes_in, connection.bytes_out) == (100, 200)
-    tunnel.emit(FatalEvent("tls-crypt unwrapping failed"))
-    tunnel.emit(TunnelExited(1, "exited", requested=False))
+    tunnel.emit(TunnelExited(1, "tls-crypt unwrapping failed", requested=False))
     for _ in range(20):
         await asyncio.sleep(0)
     assert connection.state is State.FAILED
@@ -677,7 +675,7 @@ async def test_a_tunnel_that_never_comes_up_times_out(tmp_path: Path) -> None:
     server = await world.authorized_server()
     connection = world.manager.connect(server, "employees", prefer_tcp=False)
     await settled_tunnel(world, connection)
-    world.tunnels[-1].emit(StateEvent(1, "WAIT"))
+    world.tunnels[-1].emit(Progress("WAIT"))
     await finished(connection)
     assert connection.state is State.FAILED
     assert "did not come up within" in connection.error_message
@@ -769,7 +767,7 @@ async def test_a_question_pauses_the_connect_timeout_until_it_is_answered(
     world.manager.answer(connection, 1, {"username": "bob", "password": "s3cret"})
     assert tunnel.sent == [("username", "Auth", "bob"), ("password", "Auth", "s3cret")]
     assert connection.state is State.CONNECTING and connection.question is None
-    tunnel.emit(StateEvent(1, "CONNECTED", "SUCCESS", "10.8.0.2", "198.51.100.1"))
+    tunnel.emit(Up("10.8.0.2", "", "198.51.100.1"))
     await finished(connection)
     assert connection.state is State.CONNECTED
 
@@ -798,7 +796,7 @@ async def test_a_web_login_waits_and_closes_when_openvpn_moves_on(tmp_path: Path
     connection = world.manager.connect(server, "employees", prefer_tcp=False)
     await settled_tunnel(world, connection)
     tunnel = world.tunnels[-1]
-    tunnel.emit(StateEvent(1, "AUTH_PENDING"))
+    tunnel.emit(Progress("AUTH_PENDING"))
     question = tunnel.dialog.on_info("WEB_AUTH::https://vpn.example.org/sso")
     assert isinstance(question, Question)
     tunnel.emit(PromptEvent(question))
@@ -809,7 +807,7 @@ async def test_a_web_login_waits_and_closes_when_openvpn_moves_on(tmp_path: Path
     assert connection.state is State.NEEDS_INPUT
     assert tunnel.dialog.on_state("CONNECTED")
     tunnel.emit(PromptEvent(None))
-    tunnel.emit(StateEvent(2, "CONNECTED", "SUCCESS", "10.8.0.2", "198.51.100.1"))
+    tunnel.emit(Up("10.8.0.2", "", "198.51.100.1"))
     await finished(connection)
     assert connection.state is State.CONNECTED and connection.question is None
 

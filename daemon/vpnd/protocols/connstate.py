@@ -92,15 +92,6 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
 }
 
 
-def openvpn_event(name: str) -> Event:
-    """The event for one of openvpn's management-interface state names."""
-    if name == "CONNECTED":
-        return Event.UP
-    if name == "RECONNECTING":
-        return Event.LOST
-    return Event.PROGRESS
-
-
 class ConnectionMachine:
     """The state of one connection, moved only through TRANSITIONS."""
 

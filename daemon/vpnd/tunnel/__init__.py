@@ -1,5 +1,8 @@
-"""The openvpn child process: spawning, its management connection, teardown."""
+"""Tunnels: the openvpn process, spawned and driven over its management connection.
 
-from vpnd.tunnel.openvpn import Tunnel, TunnelEvent, TunnelExited, TunnelSettings
+A tunnel reports the neutral events of `vpnd.tunnel.events`."""
+
+from vpnd.tunnel.events import TunnelEvent, TunnelExited
+from vpnd.tunnel.openvpn import Tunnel, TunnelSettings
 
 __all__ = ["Tunnel", "TunnelEvent", "TunnelExited", "TunnelSettings"]

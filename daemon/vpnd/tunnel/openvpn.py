@@ -59,6 +59,15 @@ from vpnd.protocols.management import (
     pk_sig,
 )
 from vpnd.steps import Steps
+from vpnd.tunnel.events import (
+    Lost,
+    Progress,
+    PromptEvent,
+    Traffic,
+    TunnelEvent,
+    TunnelExited,
+    Up,
+)
 from vpnd.tunnel.process import ChildLauncher, Launcher, OpenVPNProcess
 
 if TYPE_CHECKING:
@@ -137,29 +146,6 @@ class TunnelSettings:
             raise ValueError("start_timeout must be positive")
         if self.user is None and self.group is not None:
             raise ValueError("a group without a user would leave openvpn running as root")
-
-
-@dataclass(frozen=True)
-class TunnelExited:
-    """Delivered exactly once, when the openvpn process has exited."""
-
-    returncode: int
-    # For a person: "stopped", "authentication failed", the last >FATAL text
-    # or openvpn's last error lines.
-    reason: str
-    requested: bool  # True if stop() asked for it
-    # The named error that ended it, when the daemon knows one (a refused login).
-    error: VpndError | None = None
-
-
-@dataclass(frozen=True)
-class PromptEvent:
-    """openvpn asks a person something (`question`), or, with None, no longer does."""
-
-    question: Question | None
-
-
-TunnelEvent = StateEvent | ByteCountEvent | FatalEvent | PromptEvent | TunnelExited
 
 
 @dataclass(frozen=True)
@@ -589,20 +575,13 @@ class Tunnel:
                 reply.set_result(event.result)
             return
         if isinstance(event, StateEvent):
-            log.debug("tunnel %s: state %s %s", self._name, event.name, event.detail)
-            if event.name == "EXITING" and event.detail == "auth-failure":
-                self._auth_failure = self._auth_failure or ""
-            elif event.name == "CONNECTED":
-                self._auth_failure = None
-            if self._dialog.on_state(event.name):
-                self._emit(PromptEvent(None))
-            self._emit(event)
+            self._on_state(event)
         elif isinstance(event, ByteCountEvent):
-            self._emit(event)
+            self._emit(Traffic(event.bytes_in, event.bytes_out))
         elif isinstance(event, FatalEvent):
             log.debug("tunnel %s: fatal: %s", self._name, event.text)
+            # The reason of the exit that follows.
             self._fatal = event.text
-            self._emit(event)
         elif isinstance(event, HoldEvent):
             # Released in the handshake already, with or without this notice.
             log.debug("tunnel %s: openvpn holds: %s", self._name, event.text)
@@ -615,9 +594,26 @@ class Tunnel:
         elif isinstance(event, UnexpectedLine):
             log.debug("tunnel %s: unexpected management line", self._name)
         else:
-            # Prompts and messages that later parts of the daemon will answer;
-            # their text may carry secrets (URLs, challenges), so only the kind is logged.
+            # Notices vpnd does not act on (NEED-OK, LOG, ...); their text may
+            # carry secrets, so only the kind is logged.
             log.debug("tunnel %s: management notification %s", self._name, type(event).__name__)
+
+    def _on_state(self, event: StateEvent) -> None:
+        """openvpn's state, as the neutral events the manager understands."""
+        log.debug("tunnel %s: state %s %s", self._name, event.name, event.detail)
+        if event.name == "EXITING":
+            if event.detail == "auth-failure":
+                self._auth_failure = self._auth_failure or ""
+            return  # the exit itself (TunnelExited) tells the rest
+        if self._dialog.on_state(event.name):
+            self._emit(PromptEvent(None))
+        if event.name == "CONNECTED":
+            self._auth_failure = None
+            self._emit(Up(event.local_ip, event.local_ipv6, event.remote_ip, event.remote_port))
+        elif event.name == "RECONNECTING":
+            self._emit(Lost(event.detail))
+        else:
+            self._emit(Progress(event.name, event.detail))
 
     def _on_password(self, event: PasswordEvent) -> None:
         if event.text.startswith("Need "):
