@@ -304,6 +304,12 @@ def _sign_in_arguments(sub: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Access Server: read the password from standard input instead of asking",
     )
+    sub.add_argument(
+        "--token-url",
+        metavar="LINK",
+        help="Access Server with a web login (SAML): the profile link its web page offers"
+        " (openvpn://import-profile/…) instead of a user name and password",
+    )
 
 
 def _ask(prompt: str, *, echo: bool, hint: str = "for a password, use --password-stdin") -> str:
@@ -321,7 +327,11 @@ def _ask(prompt: str, *, echo: bool, hint: str = "for a password, use --password
 
 
 def _sign_in(bus: DaemonBus, path: str, args: argparse.Namespace, out: IO[str]) -> None:
-    """Sign in to an Access Server: user name and password, then any question it asks."""
+    """Sign in to an Access Server: user name and password, then any question it asks;
+    or the profile link of its web login."""
+    if args.token_url:
+        bus.call(path, SERVER_INTERFACE, "SignIn", "a{ss}", {"token_url": args.token_url})
+        return
     username = args.user or _ask("User name: ", echo=True)
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")

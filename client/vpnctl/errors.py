@@ -34,6 +34,7 @@ UNREACHABLE_MESSAGE = "cannot reach vpnd on the system bus (is it running? `syst
 # plain failure whose message (written by the daemon for people) is shown as is.
 _VPND_EXIT_CODES: dict[str, int] = {
     "AuthorizationRequired": EXIT_AUTHORIZATION_REQUIRED,
+    "WebLoginRequired": EXIT_AUTHORIZATION_REQUIRED,
     "InvalidArgument": EXIT_USAGE,
     "NotAuthorized": EXIT_DENIED,
 }
@@ -97,6 +98,7 @@ _HINTS: dict[str, str] = {
     "AuthorizationRequired": "run `{vpnctl} login {server}`",
     "AuthorizationFailed": "run `{vpnctl} login {server}` to try again",
     "NotFound": "`{vpnctl} list` shows the servers",
+    "WebLoginRequired": "then give vpnctl that link with --token-url LINK (add or login)",
     "Busy": "`vpnctl status` shows the connection, `vpnctl disconnect` ends yours",
 }
 

@@ -141,10 +141,15 @@ class AutologinNotPermitted(ServerError):
 class WebAuthRequired(AuthorizationRequired):
     """The server wants a web (SAML) login instead of a user name and password.
 
+    Its own name on the bus, so a client can offer the web login (the
+    server's web page hands out a profile link) instead of asking again.
+
     `provider` is the web-login provider the server named and `flags` its
     flags, both as the server sent them (cleaned), so a client can offer the
     web login.
     """
+
+    dbus_name = PREFIX + "WebLoginRequired"
 
     def __init__(self, message: str, *, provider: str = "", flags: tuple[str, ...] = ()) -> None:
         super().__init__(message)

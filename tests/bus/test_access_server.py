@@ -156,3 +156,33 @@ def test_eduvpn_servers_do_not_sign_in_with_a_password(
     # The Access Server is added by name, then the sign-in cannot reach it.
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert servers(client_env) == []
+
+
+def test_a_web_login_server_is_named_and_its_profile_link_imports_the_profile(
+    vpnd: VpndProcess, access_server: TestAccessServer, client_env: dict[str, str]
+) -> None:
+    access_server.web_auth = "SAML,external"
+    result = add(access_server, client_env)
+    assert result.returncode == 3  # log in (on the web page)
+    line = failed(result)
+    assert "web page" in line and "--token-url" in line
+    assert servers(client_env) == []
+    # The web page's link, as the person copies it, signs in with no password.
+    link = access_server.issue_profile_token("userlogin", "alice")
+    ok(vpnctl(["add", "--access-server", access_server.base_url, "--token-url", link],
+              client_env))  # fmt: skip
+    [server] = servers(client_env)
+    assert server["authorized"] is True
+    request = access_server.requests[-1]
+    assert request.path == "/rest/GetProfileViaToken" and request.username is None
+    profiles = json.loads(ok(vpnctl(["profiles", "127.0.0.1", "--json"], client_env)))
+    assert [p["profile_id"] for p in profiles] == ["userlogin"]
+    # A link is good once; one to another server is not followed at all.
+    used = failed(vpnctl(["login", "127.0.0.1", "--token-url", link], client_env))
+    assert "token not found" in used
+    elsewhere = link.replace("127.0.0.1", "localhost")
+    before = len(access_server.requests)
+    refused = vpnctl(["login", "127.0.0.1", "--token-url", elsewhere], client_env)
+    assert refused.returncode == 2 and "must point to 127.0.0.1" in failed(refused)
+    assert len(access_server.requests) == before
+    assert servers(client_env)[0]["authorized"] is True  # what was imported stays

@@ -37,7 +37,9 @@ Knobs (plain attributes): `users` (user name -> password),
 `autologin_users`, `enrolment_required`, `web_auth` ("provider,flags", sent
 verbatim), `internal_error` (the message), `challenge` (a `Challenge`),
 `session_tokens` (user name -> token), `certificate_days`, `config_filter`
-(applied to each profile served).
+(applied to each profile served). `issue_profile_token(kind, username)`
+returns a one-use profile link, as a web login (SAML) hands out;
+`GetProfileViaToken` serves it without Basic authentication.
 
 Records: `requests` (one `AccessServerRequest` per request: method, path,
 query parameters, Basic user name, lower-cased headers),
@@ -220,6 +222,7 @@ class TestAccessServer(ServedPortal):
     internal_error: str | None
     challenge: Challenge | None
     session_tokens: dict[str, str]
+    profile_tokens: dict[str, tuple[ProfileKind, str]]
     certificate_days: int
     config_filter: Callable[[str], str] | None
     requests: list[AccessServerRequest]
@@ -258,6 +261,7 @@ class TestAccessServer(ServedPortal):
             self.internal_error = None
             self.challenge = None
             self.session_tokens = {}
+            self.profile_tokens = {}
             self.certificate_days = DEFAULT_CERTIFICATE_DAYS
             self.config_filter = None
             self.requests = []
@@ -268,6 +272,13 @@ class TestAccessServer(ServedPortal):
             self.hostile_served = []
             self._pending.clear()
             self._generation += 1
+
+    def issue_profile_token(self, kind: ProfileKind, username: str) -> str:
+        """A one-use profile link for `username`, as the server's web page offers it."""
+        token = secrets.token_urlsafe(24)
+        with self._state_lock:
+            self.profile_tokens[token] = (kind, username)
+        return f"openvpn://import-profile/{self.base_url}rest/GetProfileViaToken?token={token}"
 
     def url(self, kind: ProfileKind) -> str:
         """The REST method's URL for `kind`, without a query."""
@@ -299,6 +310,12 @@ class TestAccessServer(ServedPortal):
         credentials = basic_credentials(headers.get("authorization", ""))
         username = credentials[0] if credentials is not None else None
         self._record(AccessServerRequest(method, url.path, params, username, headers), headers)
+        if url.path == "/rest/GetProfileViaToken" and method == "GET":
+            with self._state_lock:
+                issued = self.profile_tokens.pop(params.get("token", ""), None)
+            if issued is None:
+                return _xml(401, "Authorization Required", "AUTH ERROR: token not found in DB")
+            return self._profile(*issued)
         kind = METHODS.get(url.path)
         if kind is None:
             return _Reply(404, b"<html><body>404 Not Found</body></html>\n", "text/html")

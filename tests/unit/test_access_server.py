@@ -45,6 +45,7 @@ from vpnd.protocols.access_server import (
     profile_request,
     profile_url,
     scrv1_password,
+    token_profile_url,
 )
 
 BASE = "https://vpn.example.org/"
@@ -255,10 +256,12 @@ def test_web_auth_required_carries_provider_and_flags() -> None:
     body = b"<Error>\n  <Type>Authorization Required</Type>\n  <Synopsis>REST method failed</Synopsis>\n  <Message>Ovpn-WebAuth: providername,flags</Message>\n</Error>"
     error = reply_error(body)
     assert isinstance(error, WebAuthRequired)
-    assert error.dbus_name == AuthorizationRequired.dbus_name
+    # A name of its own, so that a client offers the web login, not a password.
+    assert isinstance(error, AuthorizationRequired)
+    assert error.dbus_name == "org.vpnd.Error.WebLoginRequired"
     assert error.provider == "providername"
     assert error.flags == ("flags",)
-    assert "web login" in error.message
+    assert "web page" in error.message and "profile link" in error.message
 
 
 def test_web_auth_without_flags_and_with_many() -> None:
@@ -645,3 +648,51 @@ def test_scrv1_round_trip_or_invalid_argument(password: str, response: str) -> N
 def test_an_error_document_labelled_as_a_profile_is_still_an_error() -> None:
     body = error_xml("Authorization Required", "AUTH_FAILED: no (9007)")
     assert type(reply_error(body, PROFILE_CONTENT_TYPE, 200)) is CredentialsRejected
+
+
+# --- profile links of a web login (SAML) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "openvpn://import-profile/https://vpn.example.org/rest/GetProfileViaToken?token=abcDEF12_-",
+        "openvpn://import/https://vpn.example.org/rest/GetProfileViaToken?token=abcDEF12_-",
+        "https://VPN.example.org:443/rest/GetProfileViaToken?token=abcDEF12_-",
+        "  https://vpn.example.org/rest/GetProfileViaToken?token=abcDEF12_-\n",
+    ],
+)
+def test_a_profile_link_of_the_same_server_is_followed(link: str) -> None:
+    assert token_profile_url(BASE, link) == (
+        "https://vpn.example.org/rest/GetProfileViaToken?token=abcDEF12_-"
+    )
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "https://evil.example/rest/GetProfileViaToken?token=abcDEF12_-",
+        "http://vpn.example.org/rest/GetProfileViaToken?token=abcDEF12_-",
+        "https://vpn.example.org:8443/rest/GetProfileViaToken?token=abcDEF12_-",
+        "https://vpn.example.org@evil.example/rest/GetProfileViaToken?token=abcDEF12_-",
+        "https://vpn.example.org/rest/GetUserlogin?token=abcDEF12_-",
+        "https://vpn.example.org/rest/GetProfileViaToken?token=short",
+        "https://vpn.example.org/rest/GetProfileViaToken?token=abcDEF12_-&token=again123",
+        "https://vpn.example.org/rest/GetProfileViaToken?token=abc%0Adef12",
+        "openvpn://import-profile/file:///etc/passwd",
+        "https://[vpn.example.org/",
+        "",
+    ],
+)
+def test_a_profile_link_elsewhere_or_of_another_kind_is_refused(link: str) -> None:
+    with pytest.raises(InvalidArgument):
+        token_profile_url(BASE, link)
+
+
+@given(st.text(max_size=300))
+def test_any_profile_link_is_refused_or_names_this_server(link: str) -> None:
+    try:
+        url = token_profile_url(BASE, link)
+    except InvalidArgument:
+        return
+    assert url.startswith("https://vpn.example.org/rest/GetProfileViaToken?token=")

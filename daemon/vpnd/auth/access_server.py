@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vpnd.errors import AuthorizationRequired, InvalidArgument
+from vpnd.errors import AuthorizationRequired, InvalidArgument, ServerError
 from vpnd.http import HttpClient
 from vpnd.protocols import access_server as rest
 from vpnd.protocols.eduvpn import Endpoints
@@ -35,6 +36,8 @@ _MACHINE_ID = Path("/etc/machine-id")
 # Questions waiting for an answer, at most: the oldest is dropped (its login
 # starts over), so abandoned sign-ins cannot grow the daemon.
 _MAX_WAITING = 256
+# A userlogin profile asks openvpn for the user name and password.
+_ASKS_PASSWORD = re.compile(r"^[ \t]*auth-user-pass\b", re.M)
 
 
 def device_id(machine_id_file: Path = _MACHINE_ID) -> str:
@@ -88,6 +91,8 @@ class AccessServerLogin:
         profile is kept, or the server's question: {"challenge": text,
         "echo": bool, "response_required": bool}.
         """
+        if "token_url" in fields:
+            return await self._import_by_token(record, fields["token_url"])
         if "response" in fields:
             pending = self._challenges.pop(record.server_id, None)
             if pending is None:
@@ -124,6 +129,26 @@ class AccessServerLogin:
         vault.set(PROFILE, {"kind": kind, "text": text})
         vault.set(CREDENTIALS, {"username": keep.username, "password": keep.password})
         log.info("downloaded the %s profile of %s", kind, host_of(record))
+        return {}
+
+    async def _import_by_token(self, record: ServerRecord, link: str) -> dict[str, Any]:
+        """Download the profile a token link of the server's web login names.
+
+        Such a profile comes without a user name: a userlogin one asks for
+        both when connecting."""
+        url = rest.token_profile_url(record.url, link)
+        reply = await self._http.get(url)
+        try:
+            text = rest.parse_profile_reply(
+                reply.status, reply.headers.get("content-type"), reply.body
+            )
+        except rest.ChallengeRequired:
+            raise ServerError("the server asked a question for a profile link") from None
+        kind: rest.ProfileKind = "userlogin" if _ASKS_PASSWORD.search(text) else "autologin"
+        vault = self._vault(record)
+        vault.set(PROFILE, {"kind": kind, "text": text})
+        vault.delete(CREDENTIALS)
+        log.info("imported the %s profile of %s from a profile link", kind, host_of(record))
         return {}
 
     async def call(

@@ -26,7 +26,9 @@ CONNECT_OPTIONS = {"prefer_tcp": "b"}
 ADD_OPTIONS = {"kind": "s", "system": "b"}
 # What AddServerWithOptions' kind may name: "eduvpn" finds the generation itself.
 ADD_KINDS = {"eduvpn": None, "access-server": "access-server"}
-SIGN_IN_FIELDS = frozenset({"username", "password", "profile", "remember", "response"})
+SIGN_IN_FIELDS = frozenset(
+    {"username", "password", "profile", "remember", "response", "token_url"}
+)
 
 
 def text(value: str, what: str, *, limit: int = MAX_TEXT) -> str:

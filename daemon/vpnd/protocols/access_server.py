@@ -37,7 +37,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from vpnd.errors import (
     AccessServerFailure,
@@ -208,6 +208,54 @@ def profile_url(base_url: str, kind: ProfileKind, device_id: str) -> str:
         quote_via=quote,
     )
     return f"{normalize_base_url(base_url)}rest/{METHODS[kind]}?{query}"
+
+
+#: What a token link may start with: the address OpenVPN clients register for imports.
+TOKEN_LINK_PREFIXES = ("openvpn://import-profile/", "openvpn://import/")
+TOKEN_METHOD = "GetProfileViaToken"  # noqa: S105 (a REST method's name)
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{8,256}")
+
+
+def token_profile_url(base_url: str, link: str) -> str:
+    """The download URL of a token link the server's web login hands out
+    (`openvpn://import-profile/https://host/rest/GetProfileViaToken?token=…`,
+    or the same without the prefix), for a server at `base_url`.
+
+    A token link replaces the user name and password where the server logs
+    users in on its web page (SAML). InvalidArgument unless it is an https
+    link to this same server's GetProfileViaToken with one plain token.
+    """
+    base = urlsplit(normalize_base_url(base_url))
+    text = link.strip()
+    for prefix in TOKEN_LINK_PREFIXES:
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+            break
+    if len(text) > 2048 or not text.isprintable():
+        raise InvalidArgument("the profile link is not a link the server's web page gives")
+    try:
+        parts = urlsplit(text)
+        same_server = parts.scheme == "https" and (parts.hostname, parts.port or 443) == (
+            base.hostname,
+            base.port or 443,
+        )
+    except ValueError:
+        same_server = False
+    if not same_server:
+        raise InvalidArgument(
+            f"the profile link must point to {base.netloc} over https, as the server's web page"
+            " gives it"
+        )
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    tokens = [value for key, value in query if key == "token"]
+    if not parts.path.endswith(f"/rest/{TOKEN_METHOD}") or len(tokens) != 1:
+        raise InvalidArgument(
+            "the profile link is not an Access Server profile link (…/rest/GetProfileViaToken"
+            "?token=…)"
+        )
+    if not _TOKEN.fullmatch(tokens[0]):
+        raise InvalidArgument("the profile link's token is not one the server hands out")
+    return f"{normalize_base_url(base_url)}rest/{TOKEN_METHOD}?{urlencode({'token': tokens[0]})}"
 
 
 def _check_credential_text(value: str, what: str, limit: int) -> None:
@@ -416,8 +464,8 @@ def _web_auth_required(message: str) -> WebAuthRequired:
     cleaned = (clean_text(flag, 32) for flag in flags_text.split(",")[:MAX_WEBAUTH_FLAGS])
     flags = tuple(flag for flag in cleaned if flag)
     return WebAuthRequired(
-        "the server requires you to log in through its web login (SAML), not with a user"
-        " name and password; use the web login to continue",
+        "the server logs users in on its web page (SAML), not with a user name and password:"
+        " sign in there in a browser and use the profile link it offers for an OpenVPN app",
         provider=clean_text(provider, 100),
         flags=flags,
     )
