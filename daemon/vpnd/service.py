@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -65,18 +66,28 @@ def _setup_logging(level: str) -> None:
     root.addHandler(handler)
 
 
-def _notifier() -> Callable[[str], None]:
-    """sd_notify when started by systemd (NOTIFY_SOCKET set), else nothing."""
-    if not os.environ.get("NOTIFY_SOCKET"):
+def _notifier(environ: Mapping[str, str] = os.environ) -> Callable[[str], None]:
+    """sd_notify when started by systemd (NOTIFY_SOCKET set), else nothing.
+
+    Sent without waiting: a service manager that does not read its socket
+    (its queue holds ten messages by default) must not stop the event loop,
+    so a notice that does not fit is dropped rather than waited for."""
+    address = environ.get("NOTIFY_SOCKET", "")
+    if not address.startswith(("/", "@")):
         return lambda _state: None
-    from systemd import daemon
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # an abstract socket
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
 
     def notify(state: str) -> None:
-        # A service manager that went away must not take the daemon with it.
+        what = state.split("=", 1)[0]
         try:
-            daemon.notify(state)
+            sock.sendto(state.encode("utf-8"), address)
+        except BlockingIOError:
+            log.debug("sd_notify(%s) dropped: the service manager reads no more", what)
         except OSError as exc:
-            log.warning("sd_notify(%s) failed: %s", state.split("=", 1)[0], exc)
+            # A service manager that went away must not take the daemon with it.
+            log.warning("sd_notify(%s) failed: %s", what, exc)
 
     return notify
 
