@@ -273,6 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("remove", _cmd_remove, "forget a server with its authorization", system=True)
     sub.add_argument("server", metavar="SERVER", help=server_help)
+
+    sub = command(
+        "autoconnect",
+        _cmd_autoconnect,
+        "connect a system-wide server whenever vpnd starts, before anyone logs in"
+        " (use with --system)",
+        system=True,
+    )
+    sub.add_argument("server", metavar="SERVER", help=server_help)
+    choice = sub.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--profile", metavar="ID", help="the profile to connect with")
+    choice.add_argument("--off", action="store_true", help="no longer connect it at start")
     return parser
 
 
@@ -380,6 +392,20 @@ def _cmd_remove(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
     url = bus.get(path, SERVER_INTERFACE, "Url")
     bus.call(MANAGER_PATH, MANAGER_INTERFACE, "RemoveServer", "o", path)
     _write(out, f"Removed {url}")
+    return EXIT_OK
+
+
+def _cmd_autoconnect(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
+    path = _find_server(bus, args)
+    profile = "" if args.off else args.profile
+    bus.call(path, SERVER_INTERFACE, "SetAutoconnect", "s", profile)
+    url = bus.get(path, SERVER_INTERFACE, "Url")
+    if profile:
+        _write(out, f"{url} connects with profile {profile} whenever vpnd starts")
+        if not bus.get(path, SERVER_INTERFACE, "Authorized"):
+            _write(out, f"It needs a login first: `vpnctl --system login {args.server}`")
+    else:
+        _write(out, f"{url} no longer connects when vpnd starts")
     return EXIT_OK
 
 

@@ -205,6 +205,7 @@ def server_records(servers: Mapping[str, Mapping[str, Any]]) -> list[dict[str, A
                 "authorization_pending": bool(properties.get("AuthorizationPending", False)),
                 "session_expiry": expiry,
                 "session_expiry_iso": iso_utc(expiry),
+                "autoconnect": _text_or_none(properties.get("Autoconnect")),
             }
         )
     records.sort(key=lambda record: (record["url"], record["object_path"]))
@@ -225,7 +226,10 @@ def render_servers(records: Sequence[Mapping[str, Any]], now: float) -> str:
     for record in records:
         expiry = record["session_expiry"]
         ends = f"{format_local_time(expiry)} ({format_relative(expiry, now)})" if expiry else "-"
-        rows.append((record["url"], _authorization_word(record), ends))
+        url = record["url"]
+        if record.get("autoconnect"):
+            url += f" (connects at start: {record['autoconnect']})"
+        rows.append((url, _authorization_word(record), ends))
     return _table(("URL", "AUTHORIZED", "SESSION ENDS"), rows)
 
 

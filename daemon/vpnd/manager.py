@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -18,13 +19,17 @@ from typing import Any, Protocol, TypeVar
 
 from vpnd.config import Settings
 from vpnd.errors import (
+    AccountDisabled,
     AlreadyExists,
     AuthorizationFailed,
     Busy,
+    CredentialsRejected,
     InvalidArgument,
     NotFound,
     ServerError,
+    ServerUnreachable,
     TunnelFailed,
+    TwoFactorRequired,
     VpndError,
 )
 from vpnd.protocols import eduvpn, lang, ovpnconfig
@@ -51,6 +56,8 @@ T = TypeVar("T")
 
 _PROFILE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_SERVERS_PER_OWNER = 64
+#: The owner of system-wide servers (root), the only ones that connect at start.
+SYSTEM_OWNER = 0
 # /disconnect is a courtesy to the server; it must not hold up a disconnect for long.
 _RELEASE_TIMEOUT = 5.0
 
@@ -78,6 +85,23 @@ class TunnelFactory(Protocol):
         on_event: Callable[[TunnelEvent], None],
         user_pass: tuple[str, str] | None = None,
     ) -> TunnelLike: ...
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How long to wait before the next try to bring a lost tunnel up: `first`
+    seconds, doubling with each failed try up to `most`, each spread by
+    `jitter` (a fraction) so that many clients of one server do not come
+    back at the same instant."""
+
+    first: float = 1.0
+    most: float = 60.0
+    jitter: float = 0.2
+
+    def delay(self, failures: int) -> float:
+        """The wait before the try after `failures` failed ones (1 or more)."""
+        base: float = min(self.most, self.first * 2.0 ** min(failures - 1, 32))
+        return base * random.uniform(1 - self.jitter, 1 + self.jitter)  # noqa: S311 (not a secret)
 
 
 @dataclass(eq=False)
@@ -143,6 +167,11 @@ class Connection:
     # What openvpn asks a person now, and its number (answers name it).
     question: Question | None = None
     prompt_id: int = 0
+    # Kept up from the first try on, not only once it was up (connect at start).
+    persistent: bool = False
+    # Tunnels started so far, and the error the current one ended with.
+    tries: int = 0
+    exit_error: VpndError | None = None
     # Set once the tunnel is up or the attempt has ended.
     settled: asyncio.Event = field(default_factory=asyncio.Event)
     # Set when `settled` or `question` changes: the connect timeout's clock
@@ -192,8 +221,10 @@ class Manager:
         families: Families,
         tunnel_factory: TunnelFactory,
         listener: Listener,
+        backoff: Backoff | None = None,
     ) -> None:
         self._settings = settings
+        self._backoff = backoff or Backoff()
         self._store = store
         self._families = families
         self._tunnel_factory = tunnel_factory
@@ -364,6 +395,7 @@ class Manager:
         server.authorized = self._is_authorized(server)
         self._listener.server_changed(server, changed)
         self._listener.authorization_finished(server, error)
+        self._connect_at_start_if_due(server)
 
     async def sign_in(self, server: Server, fields: Mapping[str, str]) -> dict[str, Any]:
         """Log in with what the user typed; {} when done, else what the server asks next."""
@@ -373,6 +405,7 @@ class Manager:
             return await family.login.sign_in(server.record, endpoints, fields)
         finally:
             self._auth_error(server)
+            self._connect_at_start_if_due(server)
 
     def _cancel_authorization(self, server: Server, reason: str) -> None:
         task, pending = server._authorization, server._pending
@@ -453,8 +486,73 @@ class Manager:
 
     # -- connections -------------------------------------------------------
 
-    def connect(self, server: Server, profile_id: str, *, prefer_tcp: bool) -> Connection:
-        """Start connecting; progress is reported on the returned connection."""
+    # -- connect at start -----------------------------------------------------
+
+    def set_autoconnect(self, server: Server, profile_id: str) -> None:
+        """Connect `server` with `profile_id` whenever vpnd starts ("" stops that).
+
+        Only a system-wide server can, and only one: naming another moves
+        the mark there."""
+        if profile_id and not _PROFILE_ID.match(profile_id):
+            raise InvalidArgument("a profile id is 1 to 64 letters, digits, '.', '_' or '-'")
+        if server.owner != SYSTEM_OWNER:
+            raise InvalidArgument(
+                "only system-wide servers connect when vpnd starts, before anyone logs in;"
+                " add the server as a system-wide one"
+            )
+        changed = []
+        for other in self.servers_of(SYSTEM_OWNER):
+            wanted = profile_id if other is server else ""
+            if other.record.autoconnect != wanted:
+                other.record.autoconnect = wanted
+                changed.append(other)
+        if not changed:
+            return
+        self._save_servers(SYSTEM_OWNER, self._records_of(SYSTEM_OWNER))
+        for other in changed:
+            self._listener.server_changed(other, {"autoconnect"})
+        log.info(
+            "%s connects when vpnd starts%s",
+            server.url,
+            f", with profile {profile_id}" if profile_id else ": no longer",
+        )
+
+    def connect_at_start(self) -> Server | None:
+        """Connect the system-wide server marked for it, if any; the server.
+
+        Without its authorization nothing starts (no browser can open at
+        boot): the connection follows the next successful login instead."""
+        marked = [s for s in self.servers_of(SYSTEM_OWNER) if s.record.autoconnect]
+        if not marked:
+            return None
+        server = marked[0]
+        if not server.authorized:
+            log.warning(
+                "%s should connect at start but its authorization is missing; it connects"
+                " after the next login",
+                server.url,
+            )
+            return server
+        self._connect_at_start_if_due(server)
+        return server
+
+    def _connect_at_start_if_due(self, server: Server) -> None:
+        if not server.record.autoconnect or server.owner != SYSTEM_OWNER or not server.authorized:
+            return
+        if self._servers.get(server.server_id) is not server:
+            return
+        current = self.connection
+        if current is not None and not current.machine.finished:
+            return
+        log.info("connecting %s as it is marked to connect at start", server.url)
+        self.connect(server, server.record.autoconnect, prefer_tcp=False, persistent=True)
+
+    def connect(
+        self, server: Server, profile_id: str, *, prefer_tcp: bool, persistent: bool = False
+    ) -> Connection:
+        """Start connecting; progress is reported on the returned connection.
+
+        A `persistent` connection is tried again also before it was ever up."""
         if not _PROFILE_ID.match(profile_id):
             raise InvalidArgument("a profile id is 1 to 64 letters, digits, '.', '_' or '-'")
         current = self.connection
@@ -469,7 +567,9 @@ class Manager:
             raise Busy(
                 f"a connection to {current.server.host} is {current.state}; disconnect it first"
             )
-        connection = Connection(self._next_conn_id, server, profile_id, prefer_tcp)
+        connection = Connection(
+            self._next_conn_id, server, profile_id, prefer_tcp, persistent=persistent
+        )
         self._next_conn_id += 1
         self.connection = connection
         if current is not None:
@@ -480,48 +580,110 @@ class Manager:
         return connection
 
     async def _run(self, connection: Connection) -> None:
+        """Bring the tunnel up, and up again after it is lost, until the user
+        disconnects or an error that another try cannot mend ends it."""
+        failures = 0
+        while True:
+            try:
+                await self._attempt(connection, failures)
+                failures = 0
+                error = await self._until_lost(connection)
+            except VpndError as exc:
+                error = exc
+            except asyncio.CancelledError:
+                # disconnect() cancels the attempt or the wait between attempts.
+                return
+            except Exception:
+                log.exception("connecting to %s failed", connection.server.url)
+                error = VpndError("connecting failed because of an internal error")
+            if not self._worth_another_try(connection, error):
+                await self._fail(connection, error)
+                return
+            failures += 1
+            try:
+                await self._wait_to_reconnect(connection, error, failures)
+            except asyncio.CancelledError:
+                return
+
+    async def _attempt(self, connection: Connection, failures: int) -> None:
+        """One try: a fresh configuration, a tunnel, and the wait until it is up."""
         server = connection.server
-        try:
-            endpoints, connectable = await self._obtain(connection)
-            connection.steps.step("obtained the configuration")
-            connection.endpoints = endpoints
-            self._record_session_expiry(connection, connectable.expires_at)
-            if connectable.protocol != "openvpn":
-                raise ServerError(
-                    f"{server.host} issued a {connectable.protocol} configuration;"
-                    " vpnd speaks OpenVPN only"
-                )
-            config = connectable.config
-            if config.dropped:
-                log.warning(
-                    "dropped directives from %s's configuration: %s",
-                    server.host,
-                    ", ".join(config.dropped),
-                )
-            # openvpn gets the certificate but never the key: it asks vpnd to sign.
-            # Providers hand the key apart; a key left in the text still stays here.
-            tunnel = self._tunnel_factory(
-                f"conn{connection.conn_id}",
-                ovpnconfig.without(config, "key").render(),
-                connectable.private_key,
-                lambda event: self._on_tunnel_event(connection, event),
-                connectable.user_pass,
+        endpoints, connectable = await self._obtain(connection)
+        connection.steps.step("obtained the configuration")
+        connection.endpoints = endpoints
+        self._record_session_expiry(connection, connectable.expires_at)
+        if connectable.protocol != "openvpn":
+            raise ServerError(
+                f"{server.host} issued a {connectable.protocol} configuration;"
+                " vpnd speaks OpenVPN only"
             )
-            connection.tunnel = tunnel
+        config = connectable.config
+        if config.dropped:
+            log.warning(
+                "dropped directives from %s's configuration: %s",
+                server.host,
+                ", ".join(config.dropped),
+            )
+        # Each try's tunnel has a name of its own: a systemd unit of the last
+        # one may still be on its way out.
+        name = f"conn{connection.conn_id}" + (f".{connection.tries}" if connection.tries else "")
+        connection.tries += 1
+        connection.exit_error = None
+        # openvpn gets the certificate but never the key: it asks vpnd to sign.
+        # Providers hand the key apart; a key left in the text still stays here.
+        tunnel = self._tunnel_factory(
+            name,
+            ovpnconfig.without(config, "key").render(),
+            connectable.private_key,
+            lambda event: self._on_tunnel_event(connection, tunnel, event),
+            connectable.user_pass,
+        )
+        connection.tunnel = tunnel
+        if connection.state is State.PREPARING:
             self._move(connection, Event.CONFIG_READY)
-            await tunnel.start()
-            connection.steps.step("openvpn started and released from its hold")
-            await self._until_settled(connection)
-        except VpndError as exc:
-            await self._fail(connection, exc)
-        except asyncio.CancelledError:
-            # disconnect() cancels a connection that is still being prepared.
-            return
-        except Exception:
-            log.exception("connecting to %s failed", server.url)
-            await self._fail(
-                connection, VpndError("connecting failed because of an internal error")
-            )
+        await tunnel.start()
+        connection.steps.step("openvpn started and released from its hold")
+        await self._until_settled(connection)
+
+    async def _until_lost(self, connection: Connection) -> VpndError:
+        """Wait while the tunnel is up; the error it ended with."""
+        while connection.exit_error is None:
+            connection.waking.clear()
+            await connection.waking.wait()
+        return connection.exit_error
+
+    def _worth_another_try(self, connection: Connection, error: VpndError) -> bool:
+        """Whether to reconnect: the tunnel was up once and the user still wants
+        it, and the error is one that time may mend (not a login or a profile
+        that is gone)."""
+        if connection.machine.finished or connection.state is State.DISCONNECTING:
+            return False
+        if not connection.connected_since and not connection.persistent:
+            return False  # never up: say why at once instead of trying forever
+        return isinstance(error, TunnelFailed | ServerUnreachable | ServerError) and not isinstance(
+            error, CredentialsRejected | AccountDisabled | TwoFactorRequired
+        )
+
+    async def _wait_to_reconnect(
+        self, connection: Connection, error: VpndError, failures: int
+    ) -> None:
+        """Tear down what is left, say why in the state, and wait before the next try."""
+        await self._teardown(connection)
+        delay = self._backoff.delay(failures)
+        log.warning(
+            "connection %d lost (%s); trying again in %.1f s (try %d)",
+            connection.conn_id,
+            error.message,
+            delay,
+            failures,
+        )
+        if connection.question is not None:
+            self._on_prompt(connection, None)  # the tunnel that asked is gone
+        connection.detail = error.message
+        self._listener.connection_changed(connection, {"detail"})
+        self._move(connection, Event.RETRY)
+        connection.settled.clear()
+        await asyncio.sleep(delay)
 
     async def _until_settled(self, connection: Connection) -> None:
         """Wait until the tunnel is up or the attempt ended, within the connect
@@ -529,6 +691,8 @@ class Manager:
         loop = asyncio.get_running_loop()
         remaining = self._settings.connect_timeout
         while not connection.settled.is_set():
+            if connection.exit_error is not None:
+                raise connection.exit_error
             connection.waking.clear()
             if connection.question is not None:
                 await connection.waking.wait()
@@ -615,9 +779,11 @@ class Manager:
                 changed.add("prompt")
             self._listener.connection_changed(connection, changed)
 
-    def _on_tunnel_event(self, connection: Connection, event: TunnelEvent) -> None:
-        if connection.machine.finished:
-            return
+    def _on_tunnel_event(
+        self, connection: Connection, tunnel: TunnelLike, event: TunnelEvent
+    ) -> None:
+        if connection.machine.finished or tunnel is not connection.tunnel:
+            return  # the last words of a tunnel this connection has left behind
         if isinstance(event, Traffic):
             connection.bytes_in, connection.bytes_out = event.bytes_in, event.bytes_out
             self._listener.connection_changed(connection, {"bytes_in", "bytes_out"})
@@ -629,8 +795,9 @@ class Manager:
             if connection.state is State.DISCONNECTING:
                 return  # disconnect() finishes the story
             reason = event.reason or f"exit status {event.returncode}"
-            error = event.error or TunnelFailed(f"openvpn stopped: {reason}")
-            asyncio.get_running_loop().create_task(self._fail(connection, error))
+            # The connection's task decides: try again, or fail with this.
+            connection.exit_error = event.error or TunnelFailed(f"openvpn stopped: {reason}")
+            connection.waking.set()
 
     def _on_prompt(self, connection: Connection, question: Question | None) -> None:
         """openvpn asks a person (`question`), or no longer does (None)."""
@@ -717,6 +884,9 @@ class Manager:
         if task is not None and not task.done() and connection.tunnel is None:
             task.cancel()
         await self._teardown(connection)
+        if task is not None and not task.done():
+            # Waiting while the tunnel was up, or between tries: nothing left to wait for.
+            task.cancel()
         self._move(connection, Event.STOPPED)
         log.info("connection %d to %s disconnected", connection.conn_id, connection.server.url)
 

@@ -262,6 +262,7 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     from vpnd.http import HttpClient
     from vpnd.manager import Manager
     from vpnd.providers import default_families
+    from vpnd.status import StatusLine
     from vpnd.store.secret_store import open_secret_store
     from vpnd.store.store import Store
     from vpnd.tunnel.events import TunnelEvent
@@ -307,7 +308,8 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     steps.step("opened the store and connected to the bus")
     frontend = BusFrontend(bus)
     families = default_families(http, store.secrets, settings)
-    manager = Manager(settings, store, families, new_tunnel, frontend)
+    # The bus publishes every change; systemd's STATUS= line says what a connection does.
+    manager = Manager(settings, store, families, new_tunnel, StatusLine(frontend, notify))
     frontend.attach(manager)
     manager.load()
     steps.step("loaded the servers")
@@ -327,6 +329,12 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     log.info("vpnd %s ready on the system bus as %s", __version__, BUS_NAME)
     interval = watchdog_interval(os.environ, os.getpid())
     keep_alive = asyncio.create_task(_keep_alive(notify, interval)) if interval else None
+    marked = manager.connect_at_start()
+    if marked is not None and not marked.authorized:
+        notify(
+            f"STATUS=Authorization required: {marked.host} connects at start once someone"
+            " logs in to it"
+        )
     try:
         bus = await _stay_on_bus(bus, bus_id, frontend, stop, notify)
     except transport.UnsupportedDbusFast as exc:

@@ -154,6 +154,32 @@ def test_openvpn_exiting_early_is_named_and_cleaned_up(
     assert {k for k in state_files(vpnd)} == set(before)
 
 
+def test_a_killed_openvpn_is_replaced_and_the_tunnel_comes_back(
+    vpnd: VpndProcess, portal: TestPortal, openvpn_lab: OpenVPNLab, logged_in: dict[str, str]
+) -> None:
+    ok(vpnctl(["connect", portal.host, "--profile", "employees"], logged_in))
+    [child] = openvpn_children(vpnd)
+    calls = len(portal.connect_calls)
+    os.kill(int(child.split()[0]), signal.SIGKILL)
+    seen = set()
+    deadline = time.monotonic() + 30
+    while True:
+        now = status(logged_in)
+        seen.add(now["state"])
+        if now["state"] == "connected" and "reconnecting" in seen:
+            break
+        assert now["state"] in {"connected", "reconnecting"}, now
+        assert time.monotonic() < deadline, f"still {now}"
+        time.sleep(0.05)
+    assert ping(openvpn_lab.tunnel_gateway_udp)
+    # A fresh configuration for the new openvpn, the old session released.
+    assert len(portal.connect_calls) == calls + 1 and portal.disconnect_calls >= 1
+    [again] = openvpn_children(vpnd)
+    assert again != child
+    ok(vpnctl(["disconnect"], logged_in))
+    assert openvpn_children(vpnd) == []
+
+
 def test_disconnect_while_connecting(
     vpnd: VpndProcess, portal: TestPortal, openvpn_lab: OpenVPNLab, logged_in: dict[str, str]
 ) -> None:

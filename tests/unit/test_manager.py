@@ -29,7 +29,14 @@ from vpnd.errors import (
     TunnelFailed,
     VpndError,
 )
-from vpnd.manager import MAX_SERVERS_PER_OWNER, Connection, Manager, Server
+from vpnd.manager import (
+    MAX_SERVERS_PER_OWNER,
+    SYSTEM_OWNER,
+    Backoff,
+    Connection,
+    Manager,
+    Server,
+)
 from vpnd.protocols.connstate import State
 from vpnd.protocols.credentials import Dialog, LoginRefused, Question
 from vpnd.protocols.eduvpn import Endpoints, Profile
@@ -247,7 +254,14 @@ class Recorder:
 class World:
     """A manager over a real store in a temporary directory, with fake families."""
 
-    def __init__(self, tmp_path: Path, *, connect_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        connect_timeout: float = 60.0,
+        backoff: Backoff = Backoff(first=0.01, most=0.04),  # noqa: B008 (frozen)
+    ) -> None:
+        self.backoff = backoff
         self.settings = Settings(
             state_dir=tmp_path / "state",
             runtime_dir=tmp_path / "run",
@@ -270,7 +284,9 @@ class World:
                 Family(self.named, self.login, detected=False),
             ]
         )
-        return Manager(self.settings, self.store, families, self.tunnel, self.listener)
+        return Manager(
+            self.settings, self.store, families, self.tunnel, self.listener, self.backoff
+        )
 
     def tunnel(
         self,
@@ -654,20 +670,90 @@ async def test_a_provider_error_fails_the_connection(world: World) -> None:
     assert ("release", "token-1") not in world.v3.calls
 
 
-async def test_openvpn_exiting_fails_the_connection_and_releases_it(world: World) -> None:
+async def until(predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5):
+        while not predicate():
+            await asyncio.sleep(0.001)
+
+
+async def test_a_lost_tunnel_is_brought_up_again_with_a_fresh_configuration(
+    world: World,
+) -> None:
     server = await world.authorized_server()
     connection = await world.connected(server)
     tunnel = world.tunnels[-1]
     tunnel.emit(Traffic(100, 200))
     assert (connection.bytes_in, connection.bytes_out) == (100, 200)
-    tunnel.emit(TunnelExited(1, "tls-crypt unwrapping failed", requested=False))
-    for _ in range(20):
-        await asyncio.sleep(0)
+    obtained = len([c for c in world.v3.calls if c[0].startswith("obtain")])
+    tunnel.emit(TunnelExited(-9, "openvpn was killed by signal 9", requested=False))
+    await until(lambda: connection.state is State.RECONNECTING)
+    assert "killed by signal 9" in connection.detail  # the state says why
+    await until(lambda: len(world.tunnels) == 2 and world.tunnels[-1].started)
+    assert tunnel.stopped and ("release", "token-1") in world.v3.calls
+    assert len([c for c in world.v3.calls if c[0].startswith("obtain")]) == obtained + 1
+    assert world.tunnels[-1].name == "conn1.1"  # a name of its own
+    tunnel.emit(Up("10.8.0.9"))  # the old tunnel's last words change nothing
+    assert connection.state is State.RECONNECTING
+    world.tunnels[-1].emit(Up("10.8.0.3", "", "198.51.100.1"))
+    assert connection.state is State.CONNECTED and connection.tunnel_ip == "10.8.0.3"
+    assert connection.detail == ""
+
+
+async def test_a_tunnel_that_keeps_failing_is_tried_again_and_again(world: World) -> None:
+    server = await world.authorized_server()
+    connection = await world.connected(server)
+    for attempt in range(1, 4):
+        world.tunnels[-1].emit(TunnelExited(1, f"failure {attempt}", requested=False))
+        await until(lambda n=attempt: len(world.tunnels) == n + 1 and world.tunnels[-1].started)
+        assert connection.state is State.RECONNECTING
+        assert f"failure {attempt}" in connection.detail
+    await world.manager.disconnect(connection)
+    assert connection.state is State.DISCONNECTED
+    await finished(connection)  # the task that kept trying ends with it
+
+
+async def test_a_lost_authorization_ends_the_reconnecting(world: World) -> None:
+    server = await world.authorized_server()
+    connection = await world.connected(server)
+    world.login.refuse = True
+    world.tunnels[-1].emit(TunnelExited(1, "exited", requested=False))
+    await finished(connection)
+    assert connection.state is State.FAILED
+    assert connection.error == AuthorizationRequired.dbus_name
+    assert len(world.tunnels) == 1
+
+
+async def test_disconnect_while_waiting_to_reconnect(tmp_path: Path) -> None:
+    world = World(tmp_path, backoff=Backoff(first=30, most=30))
+    server = await world.authorized_server()
+    connection = await world.connected(server)
+    world.tunnels[-1].emit(TunnelExited(1, "exited", requested=False))
+    await until(lambda: connection.state is State.RECONNECTING)
+    async with asyncio.timeout(5):
+        await world.manager.disconnect(connection)
+    assert connection.state is State.DISCONNECTED and len(world.tunnels) == 1
+    await finished(connection)
+
+
+async def test_a_tunnel_that_never_came_up_fails_at_once(world: World) -> None:
+    server = await world.authorized_server()
+    connection = world.manager.connect(server, "employees", prefer_tcp=False)
+    await settled_tunnel(world, connection)
+    world.tunnels[-1].emit(TunnelExited(1, "tls-crypt unwrapping failed", requested=False))
+    await finished(connection)
     assert connection.state is State.FAILED
     assert connection.error == TunnelFailed.dbus_name
     assert "tls-crypt unwrapping failed" in connection.error_message
-    assert tunnel.stopped
+    assert len(world.tunnels) == 1 and world.tunnels[0].stopped
     assert world.v3.calls[-1] == ("release", "token-1")
+
+
+def test_the_pause_between_tries_doubles_up_to_a_bound_and_is_spread() -> None:
+    backoff = Backoff(first=1.0, most=60.0, jitter=0.2)
+    for failures, base in ((1, 1.0), (2, 2.0), (3, 4.0), (7, 60.0), (500, 60.0)):
+        delays = {backoff.delay(failures) for _ in range(50)}
+        assert all(0.8 * base <= d <= 1.2 * base for d in delays)
+        assert len(delays) > 1
 
 
 async def test_a_tunnel_that_never_comes_up_times_out(tmp_path: Path) -> None:
@@ -768,7 +854,7 @@ async def test_a_question_pauses_the_connect_timeout_until_it_is_answered(
     assert tunnel.sent == [("username", "Auth", "bob"), ("password", "Auth", "s3cret")]
     assert connection.state is State.CONNECTING and connection.question is None
     tunnel.emit(Up("10.8.0.2", "", "198.51.100.1"))
-    await finished(connection)
+    await asyncio.sleep(0)
     assert connection.state is State.CONNECTED
 
 
@@ -808,7 +894,7 @@ async def test_a_web_login_waits_and_closes_when_openvpn_moves_on(tmp_path: Path
     assert tunnel.dialog.on_state("CONNECTED")
     tunnel.emit(PromptEvent(None))
     tunnel.emit(Up("10.8.0.2", "", "198.51.100.1"))
-    await finished(connection)
+    await asyncio.sleep(0)
     assert connection.state is State.CONNECTED and connection.question is None
 
 
@@ -838,3 +924,59 @@ async def test_disconnect_while_a_question_waits(world: World) -> None:
     assert connection.state is State.DISCONNECTED and connection.question is None
     with pytest.raises(NotFound):
         world.manager.answer(connection, 1, {"username": "u", "password": "p"})
+
+
+# --- connect at start ------------------------------------------------------------
+
+
+async def test_only_one_system_wide_server_is_marked_to_connect_at_start(world: World) -> None:
+    mine = await world.authorized_server()
+    with pytest.raises(InvalidArgument, match="system-wide"):
+        world.manager.set_autoconnect(mine, "employees")
+    first = await world.authorized_server("https://one.example.org/", SYSTEM_OWNER)
+    second = await world.authorized_server("https://two.example.org/", SYSTEM_OWNER)
+    world.manager.set_autoconnect(first, "employees")
+    world.manager.set_autoconnect(second, "staff")
+    assert (first.record.autoconnect, second.record.autoconnect) == ("", "staff")
+    assert "autoconnect" in world.listener.changed_fields(first)
+    with pytest.raises(InvalidArgument):
+        world.manager.set_autoconnect(second, "no spaces")
+    # Kept across a restart.
+    again = world.new_manager()
+    again.load()
+    kept = {s.url: s.record.autoconnect for s in again.servers_of(SYSTEM_OWNER)}
+    assert kept == {"https://one.example.org/": "", "https://two.example.org/": "staff"}
+    world.manager.set_autoconnect(second, "")
+    assert second.record.autoconnect == ""
+
+
+async def test_the_marked_server_connects_at_start_and_is_kept_up(world: World) -> None:
+    server = await world.authorized_server(owner=SYSTEM_OWNER)
+    world.manager.set_autoconnect(server, "employees")
+    restarted = world.new_manager()
+    restarted.load()
+    assert restarted.connect_at_start() is not None
+    connection = restarted.connection
+    assert connection is not None and connection.persistent
+    assert connection.profile_id == "employees"
+    # At boot the network may not be there yet: a first failure is tried again.
+    await until(lambda: bool(world.tunnels) and world.tunnels[-1].started)
+    world.tunnels[-1].emit(TunnelExited(1, "no route to host", requested=False))
+    await until(lambda: len(world.tunnels) == 2 and world.tunnels[-1].started)
+    assert connection.state is State.RECONNECTING
+    world.tunnels[-1].emit(Up("10.8.0.2"))
+    assert connection.state is State.CONNECTED
+    await restarted.disconnect(connection)
+
+
+async def test_without_its_authorization_it_connects_after_the_next_login(world: World) -> None:
+    server = await world.add(owner=SYSTEM_OWNER)
+    world.manager.set_autoconnect(server, "employees")
+    assert world.manager.connect_at_start() is server
+    assert world.manager.connection is None  # no browser at boot: it waits
+    await world.manager.authorize(server, SYSTEM_OWNER)
+    world.login.pending[-1].browser.set_result(None)
+    await login_ended(server)
+    connection = world.manager.connection
+    assert connection is not None and connection.server is server and connection.persistent
+    await world.manager.disconnect(connection)

@@ -528,10 +528,15 @@ def test_server_records_sorted_with_unix_and_iso_times() -> None:
         "authorization_pending": False,
         "session_expiry": NOW + 2 * 86400,
         "session_expiry_iso": "2023-11-16T22:13:20Z",
+        "autoconnect": None,
     }
     assert records[1]["session_expiry"] is None
     assert records[1]["session_expiry_iso"] is None
     assert json.loads(render.to_json(records)) == records
+    marked = {SERVER: {**servers()[SERVER], "Autoconnect": "employees"}}
+    (record,) = render.server_records(marked)
+    assert record["autoconnect"] == "employees"
+    assert "connects at start: employees" in render.render_servers([record], NOW)
 
 
 def test_render_servers_table() -> None:

@@ -56,6 +56,7 @@ def server_properties(server: Server) -> dict[str, Any]:
         "Authorized": server.authorized,
         "AuthorizationPending": server.authorization_pending,
         "SessionExpiry": int(server.record.session_expiry),
+        "Autoconnect": server.record.autoconnect,
     }
 
 
@@ -259,6 +260,11 @@ class ServerObject(BusObject):
         connection = self._frontend.manager.connect(self.server, profile_id, prefer_tcp=prefer_tcp)
         return connection_path(connection)
 
+    async def SetAutoconnect(self, call: Call, profile_id: str) -> None:
+        profile_id = validate.profile_id(profile_id) if profile_id else ""
+        await self._frontend.gate.require(call, self.owner, polkit.MANAGE_OWN_SERVERS)
+        self._frontend.manager.set_autoconnect(self.server, profile_id)
+
     async def properties(self, call: Call) -> dict[str, Any]:
         return server_properties(self.server)
 
@@ -294,6 +300,7 @@ _SERVER_FIELDS = {
     "authorized": "Authorized",
     "authorization_pending": "AuthorizationPending",
     "session_expiry": "SessionExpiry",
+    "autoconnect": "Autoconnect",
 }
 _CONNECTION_FIELDS = {
     "state": "State",

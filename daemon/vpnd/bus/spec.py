@@ -108,6 +108,7 @@ _SERVER_PROPERTIES = {
     "Authorized": "b",
     "AuthorizationPending": "b",
     "SessionExpiry": "t",
+    "Autoconnect": "s",
 }
 
 MANAGER = Interface(
@@ -138,6 +139,7 @@ SERVER = Interface(
         Method("GetMessages", (("locale", "s"),), (("messages", "aa{sv}"),)),
         Method("SignIn", (("fields", "a{ss}"),), (("next", "a{sv}"),)),
         Method("Connect", (("profile_id", "s"), ("options", "a{sv}")), (("connection", "o"),)),
+        Method("SetAutoconnect", (("profile_id", "s"),)),
     ),
     properties=_SERVER_PROPERTIES,
     signals=(

@@ -39,6 +39,7 @@ class Event(StrEnum):
     FAIL = "fail"  # an error ended the connection
     ASK = "ask"  # openvpn asks a person something
     ANSWERED = "answered"  # the question was answered, or no longer needs one
+    RETRY = "retry"  # the tunnel ended; vpnd starts another after a pause
 
 
 class InvalidTransition(VpndError):
@@ -87,6 +88,8 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.DISCONNECTING, Event.STOPPED): State.DISCONNECTED,
     # A failure while tearing down still ends as a disconnect the user asked for.
     (State.DISCONNECTING, Event.FAIL): State.DISCONNECTED,
+    **{(state, Event.RETRY): State.RECONNECTING for state in _ACTIVE[1:]},
+    (State.DISCONNECTING, Event.RETRY): State.DISCONNECTING,
     **{(state, Event.STOP): State.DISCONNECTING for state in _ACTIVE},
     **{(state, Event.FAIL): State.FAILED for state in _ACTIVE},
 }

@@ -28,6 +28,7 @@ log = logging.getLogger("vpnd.store")
 
 _SERVER_ID = re.compile(r"[0-9a-f]{16}")
 _KIND = re.compile(r"[a-z][a-z0-9-]{0,31}")
+_PROFILE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MAX_FILE = 1 << 20
 
 # servers.json versions: 1 was a bare list of records, all eduVPN API v3
@@ -47,6 +48,8 @@ class ServerRecord:
     added_at: float
     kind: str
     session_expiry: float = 0.0
+    # The profile to connect with when vpnd starts ("": none); system-wide servers only.
+    autoconnect: str = ""
 
     @staticmethod
     def from_dict(data: Any, owner: int) -> ServerRecord:
@@ -61,6 +64,7 @@ class ServerRecord:
                 added_at=float(data["added_at"]),
                 kind=str(data["kind"]),
                 session_expiry=float(data.get("session_expiry", 0.0)),
+                autoconnect=str(data.get("autoconnect", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StorageFailed(f"a server record is malformed ({exc})") from None
@@ -68,6 +72,8 @@ class ServerRecord:
             raise StorageFailed("a server record has a malformed id")
         if not _KIND.fullmatch(record.kind):
             raise StorageFailed("a server record has a malformed kind")
+        if record.autoconnect and not _PROFILE.fullmatch(record.autoconnect):
+            raise StorageFailed("a server record names a malformed profile to connect at start")
         return record
 
 
