@@ -21,6 +21,7 @@ from vpnctl.contract import (
     CONNECTION_INTERFACE,
     CONNECTIONS_PATH,
     DISCONNECTED,
+    DISCOVERY_KINDS,
     ERROR_PREFIX,
     FAILED,
     MANAGER_INTERFACE,
@@ -28,6 +29,7 @@ from vpnctl.contract import (
     NEEDS_INPUT,
     PROPERTIES_INTERFACE,
     SERVER_INTERFACE,
+    SERVER_KINDS,
     TERMINAL_STATES,
 )
 from vpnctl.errors import (
@@ -52,6 +54,8 @@ Handler = Callable[["DaemonBus", argparse.Namespace, IO[str]], int]
 CONNECT_TIMEOUT = 60.0
 DISCONNECT_TIMEOUT = 30.0
 LOGIN_TIMEOUT = 600.0
+DISCOVER_LIMIT = 50
+MAX_DISCOVER_RESULTS = 5000
 
 SYSTEM_HELP = (
     "use the system-wide servers (owned by root, used at boot) instead of your own;"
@@ -285,6 +289,34 @@ def build_parser() -> argparse.ArgumentParser:
     choice = sub.add_mutually_exclusive_group(required=True)
     choice.add_argument("--profile", metavar="ID", help="the profile to connect with")
     choice.add_argument("--off", action="store_true", help="no longer connect it at start")
+
+    sub = command(
+        "discover",
+        _cmd_discover,
+        "find a server or organization in the signed eduVPN lists, by name or keyword",
+    )
+    sub.add_argument(
+        "query",
+        metavar="QUERY",
+        nargs="?",
+        default="",
+        help="words of the name (case, accents and one typo do not matter);"
+        " without it, list the servers",
+    )
+    sub.add_argument(
+        "--kind",
+        action="append",
+        choices=DISCOVERY_KINDS,
+        help="search only these (repeat for several; default: all with QUERY, servers without)",
+    )
+    sub.add_argument(
+        "--limit",
+        type=_limit,
+        default=None,
+        metavar="N",
+        help=f"at most N results (default {DISCOVER_LIMIT} with QUERY, all without)",
+    )
+    sub.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -718,6 +750,31 @@ def _cmd_disconnect(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> i
             f"the tunnel did not close within {args.timeout:g} s; see `vpnctl status`"
         ) from None
     _write(out, "Disconnected.")
+    return EXIT_OK
+
+
+def _limit(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) <= MAX_DISCOVER_RESULTS:
+        raise argparse.ArgumentTypeError(f"a number from 1 to {MAX_DISCOVER_RESULTS}")
+    return int(value)
+
+
+def _cmd_discover(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
+    query = args.query.strip()
+    # Without a query, the servers: the organization list is fetched only when asked for.
+    kinds = args.kind or (list(DISCOVERY_KINDS) if query else list(SERVER_KINDS))
+    limit = args.limit if args.limit is not None else (DISCOVER_LIMIT if query else 0)
+    options = {
+        "kinds": ("as", sorted(set(kinds))),
+        "language": ("s", choose_locale(os.environ)),
+        "limit": ("u", limit),
+    }
+    (results,) = bus.call(MANAGER_PATH, MANAGER_INTERFACE, "Discover", "sa{sv}", query, options)
+    records = render.discovery_records(results)
+    _write(out, render.to_json(records) if args.json else render.render_discovery(records))
+    if not args.json:
+        for note in render.discovery_notes(records):
+            print(f"vpnctl: {note}", file=sys.stderr)
     return EXIT_OK
 
 

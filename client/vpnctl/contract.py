@@ -20,3 +20,7 @@ NEEDS_INPUT = "needs-input"
 DISCONNECTED = "disconnected"
 FAILED = "failed"
 TERMINAL_STATES = frozenset({DISCONNECTED, FAILED})
+
+# What Manager1.Discover finds: its `kinds` option and each result's kind.
+DISCOVERY_KINDS = ("institute-access", "organization", "secure-internet")
+SERVER_KINDS = ("institute-access", "secure-internet")

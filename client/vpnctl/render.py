@@ -307,3 +307,68 @@ def render_profiles(records: Sequence[Mapping[str, Any]]) -> str:
         for record in records
     ]
     return _table(("PROFILE", "NAME", "DEFAULT GATEWAY", "PROTOCOLS"), rows)
+
+
+# --- discovery ------------------------------------------------------------
+
+_DISCOVERY_SECTIONS = (
+    ("institute-access", "Institute access"),
+    ("organization", "Organizations"),
+    ("secure-internet", "Secure internet"),
+)
+
+
+def discovery_records(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Records of Discover's answer, best first."""
+    return [
+        {
+            "kind": str(result.get("kind", "")),
+            "display_name": str(result.get("display_name", "")),
+            "base_url": str(result.get("base_url", "")),
+            "org_id": str(result.get("org_id", "")),
+            "secure_internet_home": str(result.get("secure_internet_home", "")),
+            "country_code": str(result.get("country_code", "")),
+            "support_contact": [str(item) for item in result.get("support_contact", [])],
+            "score": float(result.get("score", 0.0)),
+            "match": str(result.get("match", "")),
+            "list_error": str(result.get("list_error", "")),
+        }
+        for result in results
+    ]
+
+
+def render_discovery(records: Sequence[Mapping[str, Any]]) -> str:
+    """Discovery records for people: institute access, organizations and secure
+    internet apart, each best first."""
+    if not records:
+        return "No matches."
+    parts = []
+    for kind, title in _DISCOVERY_SECTIONS:
+        chosen = [record for record in records if record["kind"] == kind]
+        if not chosen:
+            continue
+        if kind == "organization":
+            table = _table(
+                ("NAME", "ORGANIZATION ID"),
+                [(record["display_name"], record["org_id"]) for record in chosen],
+            )
+        elif kind == "secure-internet":
+            table = _table(
+                ("COUNTRY", "NAME", "URL"),
+                [
+                    (record["country_code"] or "-", record["display_name"], record["base_url"])
+                    for record in chosen
+                ],
+            )
+        else:
+            table = _table(
+                ("NAME", "URL"), [(record["display_name"], record["base_url"]) for record in chosen]
+            )
+        parts.append(f"{title}:\n" + "\n".join("  " + line for line in table.splitlines()))
+    return "\n\n".join(parts)
+
+
+def discovery_notes(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per list that answered from its kept copy, saying why."""
+    errors = dict.fromkeys(record["list_error"] for record in records if record["list_error"])
+    return [f"showing a kept copy of a discovery list: {error}" for error in errors]

@@ -12,6 +12,14 @@ from vpnd.errors import InvalidArgument
 
 DEFAULT_CONFIG_FILE = Path("/etc/vpnd/vpnd.toml")
 
+# The keys eduVPN signs its discovery lists with (PROTOCOLS.md).
+DISCOVERY_KEYS = (
+    "RWRtBSX1alxyGX+Xn3LuZnWUT0w//B6EmTJvgaAxBMYzlQeI+jdrO6KF",
+    "RWQKqtqvd0R7rUDp0rWzbtYPA3towPWcLDCl7eY9pBMMI/ohCmrS0WiM",
+)
+INSTANCE_DISCOVERY_KEY = "E5On0JTtyUVZmcWd+I/FXRm32nSq8R2ioyW7dcu/U88="
+MAX_DISCOVERY_KEYS = 16
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -41,6 +49,15 @@ class Settings:
     # Where secrets live: "encrypted-file" (vpnd's own) or a keyring backend
     # named "module:Class", which is then the only backend used.
     secret_backend: str = "encrypted-file"  # noqa: S105 (a backend name)
+    # Signed server discovery: the directory of server_list.json and
+    # organization_list.json (each with a .minisig), and the minisign keys
+    # trusted to sign them; "" turns it off.
+    discovery_url: str = "https://disco.eduvpn.org/v2/"
+    discovery_keys: tuple[str, ...] = DISCOVERY_KEYS
+    # Legacy instance discovery (institute_access.json and secure_internet.json,
+    # each with a .sig), used when discovery_url is "", and its Ed25519 key.
+    instance_discovery_url: str = ""
+    instance_discovery_key: str = INSTANCE_DISCOVERY_KEY
 
     @property
     def store_key_path(self) -> Path:
@@ -51,13 +68,62 @@ class Settings:
 _PATH_KEYS = {"state_dir", "runtime_dir", "ca_file", "store_key_file"}
 _FLOAT_KEYS = {"http_timeout", "authorization_timeout", "connect_timeout"}
 _STR_KEYS = {"openvpn", "client_id", "log_level", "secret_backend", "openvpn_launcher"}
+_DISCOVERY_SETTINGS = {
+    "discovery_url",
+    "discovery_keys",
+    "instance_discovery_url",
+    "instance_discovery_key",
+}
 _LAUNCHERS = {"auto", "systemd", "child"}
 _CLIENT_IDS = {"org.eduvpn.app.linux", "org.letsconnect-vpn.app.linux"}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
 _BACKEND_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*", re.ASCII)
 
 
+def _discovery(key: str, value: Any, source: str) -> Any:
+    """The discovery settings: URLs ("" or https, kept with a trailing slash) and keys."""
+    from vpnd.protocols.discovery import parse_legacy_key, parse_public_key
+    from vpnd.protocols.documents import normalize_base_url
+
+    if key in ("discovery_url", "instance_discovery_url"):
+        if not isinstance(value, str):
+            raise InvalidArgument(f'{source}: {key} must be an https URL, or "" to turn it off')
+        if not value:
+            return value
+        if not value.startswith("https://"):
+            raise InvalidArgument(f"{source}: {key} must start with https://")
+        try:
+            return normalize_base_url(value)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{source}: {key}: {exc.message}") from None
+    if key == "discovery_keys":
+        if (
+            not isinstance(value, list | tuple)
+            or not 0 < len(value) <= MAX_DISCOVERY_KEYS
+            or not all(isinstance(item, str) for item in value)
+        ):
+            raise InvalidArgument(
+                f"{source}: discovery_keys must be a list of 1 to {MAX_DISCOVERY_KEYS}"
+                " minisign public keys"
+            )
+        try:
+            for item in value:
+                parse_public_key(item)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{source}: discovery_keys: {exc.message}") from None
+        return tuple(item.strip() for item in value)
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{source}: {key} must be a base64 Ed25519 public key")
+    try:
+        parse_legacy_key(value)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{source}: {key}: {exc.message}") from None
+    return value.strip()
+
+
 def _coerce(key: str, value: Any, source: str) -> Any:
+    if key in _DISCOVERY_SETTINGS:
+        return _discovery(key, value, source)
     if key in _PATH_KEYS:
         if not isinstance(value, str) or not value.startswith("/"):
             raise InvalidArgument(f"{source}: {key} must be an absolute path")

@@ -259,6 +259,7 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
 
     from vpnd.bus import transport
     from vpnd.bus.objects import BusFrontend
+    from vpnd.discovery import MAX_DOWNLOAD, Discovery
     from vpnd.http import HttpClient
     from vpnd.manager import Manager
     from vpnd.providers import default_families
@@ -280,6 +281,11 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
         log.error("cannot prepare %s or %s: %s", settings.runtime_dir, settings.state_dir, exc)
         return 1
     http = HttpClient(ca_file=settings.ca_file, timeout=settings.http_timeout)
+    # Discovery lists are larger than any server document: a client of their own.
+    discovery_http = HttpClient(
+        ca_file=settings.ca_file, timeout=settings.http_timeout, max_body=MAX_DOWNLOAD
+    )
+    discovery = Discovery(settings, discovery_http)
     tunnel_settings = TunnelSettings(
         runtime_dir=settings.runtime_dir,
         openvpn=settings.openvpn,
@@ -311,6 +317,7 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     # The bus publishes every change; systemd's STATUS= line says what a connection does.
     manager = Manager(settings, store, families, new_tunnel, StatusLine(frontend, notify))
     frontend.attach(manager)
+    frontend.discovery = discovery
     manager.load()
     steps.step("loaded the servers")
     reply = await bus.request_name(BUS_NAME)
@@ -327,6 +334,7 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     steps.step("owns its bus name")
     notify("READY=1\nSTATUS=Serving on the system bus")
     log.info("vpnd %s ready on the system bus as %s", __version__, BUS_NAME)
+    discovery.start()
     interval = watchdog_interval(os.environ, os.getpid())
     keep_alive = asyncio.create_task(_keep_alive(notify, interval)) if interval else None
     marked = manager.connect_at_start()
@@ -348,6 +356,8 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
             await manager.shutdown()
     except TimeoutError:
         log.error("shutting down took too long; exiting anyway")
+    await discovery.aclose()
+    await discovery_http.aclose()
     await http.aclose()
     if bus is not None and bus.connected:
         frontend.router.flush()

@@ -57,6 +57,9 @@ class VpndProcess:
             "http_timeout": 5,
             "authorization_timeout": 60,
             "connect_timeout": 30,
+            # The lab never reaches out to eduVPN's real discovery lists; a
+            # test that wants discovery points discovery_url at its own.
+            "discovery_url": "",
             **self._settings,
         }
         if self._ca_file is not None:

@@ -63,7 +63,8 @@ def world_files(lab_pki: LabPKI) -> dict[str, str | bytes | WorldFile]:
             DATA / "polkit-1" / "org.vpnd.policy"
         ).read_text(),
         CA_FILE: lab_pki.ca_path.read_bytes(),
-        "/etc/vpnd/vpnd.toml": f'ca_file = "{CA_FILE}"\nlog_level = "debug"\n',
+        # The lab never reaches out to eduVPN's real discovery lists.
+        "/etc/vpnd/vpnd.toml": f'ca_file = "{CA_FILE}"\nlog_level = "debug"\ndiscovery_url = ""\n',
     }
 
 

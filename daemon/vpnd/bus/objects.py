@@ -26,6 +26,7 @@ from vpnd.bus import polkit, spec, validate
 from vpnd.bus.access import NOT_YOURS, Gate
 from vpnd.bus.caller import SYSTEM_OWNER, Call, Callers
 from vpnd.bus.router import BusObject, Router
+from vpnd.discovery import DISCOVERY_FIELDS, Discovery, DiscoveryDisabled, discovery_records
 from vpnd.errors import NotAuthorized, NotFound, VpndError
 from vpnd.manager import Connection, Manager, Server
 
@@ -188,6 +189,22 @@ class ManagerObject(BusObject):
             ) from None
         await self._manager.disconnect(connection)
 
+    async def Discover(
+        self, call: Call, query: str, options: dict[str, Any]
+    ) -> list[dict[str, Variant]]:
+        query = validate.search_text(query)
+        kinds, language, limit = validate.discover_options(options)
+        # The lists are public: every caller may search them.
+        await self._gate.require(call, call.uid)
+        discovery = self._frontend.discovery
+        if discovery is None:
+            raise DiscoveryDisabled("this daemon does not search discovery lists")
+        result = await discovery.search(query, kinds=kinds, limit=limit)
+        return [
+            {name: Variant(DISCOVERY_FIELDS[name], value) for name, value in record.items()}
+            for record in discovery_records(result, language)
+        ]
+
     async def properties(self, call: Call) -> dict[str, Any]:
         connection = self._manager.connection
         visible = connection is not None and await self._gate.may_read(call, connection.owner)
@@ -331,6 +348,8 @@ class BusFrontend:
         self._root = ManagerObject(self)
         # Who owned the connection ActiveConnection last pointed at.
         self._active_owner: int | None = None
+        # The discovery lists Manager1.Discover searches (the service sets them).
+        self.discovery: Discovery | None = None
 
     @property
     def manager(self) -> Manager:

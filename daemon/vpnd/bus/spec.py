@@ -123,6 +123,7 @@ MANAGER = Interface(
         Method("ListServers", (), (("servers", "a{oa{sv}}"),)),
         Method("ListSystemServers", (), (("servers", "a{oa{sv}}"),)),
         Method("Disconnect"),
+        Method("Discover", (("query", "s"), ("options", "a{sv}")), (("results", "aa{sv}"),)),
     ),
     properties={"Version": "s", "ActiveConnection": "o"},
     signals=(

@@ -97,6 +97,35 @@ def add_options(options: dict[str, Any]) -> tuple[str | None, bool]:
     return ADD_KINDS[kind], bool(values.get("system", False))
 
 
+DISCOVER_OPTIONS = {"kinds": "as", "language": "s", "limit": "u"}
+DISCOVER_KINDS = ("institute-access", "organization", "secure-internet")
+MAX_SEARCH_TEXT = 200
+DEFAULT_DISCOVER_LIMIT = 50
+MAX_DISCOVER_RESULTS = 5000
+
+
+def search_text(value: str) -> str:
+    """Discover's search text: bounded, no control characters; "" lists everything."""
+    return text(value, "search text", limit=MAX_SEARCH_TEXT).strip()
+
+
+def discover_options(options: dict[str, Any]) -> tuple[frozenset[str] | None, str, int]:
+    """Discover's options; returns the kinds (None: all), the locale and the limit."""
+    values = _options(options, DISCOVER_OPTIONS, "discover")
+    kinds = None
+    if "kinds" in values:
+        kinds = frozenset(values["kinds"])
+        if not kinds or not kinds <= set(DISCOVER_KINDS):
+            raise InvalidArgument(f"kinds name one or more of {', '.join(DISCOVER_KINDS)}")
+    language = locale(values.get("language", ""))
+    limit = values.get("limit", DEFAULT_DISCOVER_LIMIT)
+    if limit > MAX_DISCOVER_RESULTS:
+        raise InvalidArgument(
+            f"limit is at most {MAX_DISCOVER_RESULTS} (0 asks for every result up to that)"
+        )
+    return kinds, language, limit or MAX_DISCOVER_RESULTS
+
+
 def sign_in_fields(fields: dict[str, str]) -> dict[str, str]:
     """SignIn's fields: known names, bounded values without control characters."""
     unknown = sorted(set(fields) - SIGN_IN_FIELDS)
