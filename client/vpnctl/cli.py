@@ -187,7 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
         "add an eduVPN / Let's Connect! server, or an OpenVPN Access Server",
         system=True,
     )
-    sub.add_argument("url", metavar="URL", help="the server's https URL")
+    sub.add_argument("url", metavar="URL", nargs="?", help="the server's https URL")
+    sub.add_argument(
+        "--org",
+        metavar="ORG_ID",
+        help="secure internet: the organization (an org_id `vpnctl discover` shows) whose"
+        " home server to add; one login then serves every location",
+    )
     sub.add_argument(
         "--access-server",
         action="store_true",
@@ -274,6 +280,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"how long to wait for the tunnel to close (default {DISCONNECT_TIMEOUT:g})",
     )
+
+    sub = command(
+        "location",
+        _cmd_location,
+        "list the secure-internet locations, or connect at another one without a new login",
+        system=True,
+    )
+    sub.add_argument(
+        "where",
+        metavar="COUNTRY",
+        nargs="?",
+        help="a country code (or a location's URL); \"\" goes back to the home server",
+    )
+    sub.add_argument("--server", metavar="SERVER", help="the secure-internet server (if several)")
+    sub.add_argument("--json", action="store_true", help="print JSON")
 
     sub = command("remove", _cmd_remove, "forget a server with its authorization", system=True)
     sub.add_argument("server", metavar="SERVER", help=server_help)
@@ -397,6 +418,18 @@ def _sign_in(bus: DaemonBus, path: str, args: argparse.Namespace, out: IO[str]) 
 
 
 def _cmd_add(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
+    if not args.url and not args.org:
+        raise UsageError("name the server's URL, or an organization with --org")
+    if args.org:
+        options = {"org_id": ("s", args.org), "system": ("b", bool(args.system))}
+        (path,) = bus.call(
+            MANAGER_PATH, MANAGER_INTERFACE, "AddServerWithOptions", "sa{sv}", "", options
+        )
+        properties = bus.get_all(path, SERVER_INTERFACE)
+        _write(out, f"Added {properties.get('Url')} (secure internet for {args.org})")
+        system = "--system " if args.system else ""
+        _write(out, f"Log in with: vpnctl {system}login {properties.get('Host')}")
+        return EXIT_OK
     if args.access_server:
         options = {"kind": ("s", "access-server"), "system": ("b", bool(args.system))}
         (path,) = bus.call(
@@ -416,6 +449,55 @@ def _cmd_add(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
     _write(out, f"Added {properties.get('Url', args.url)}")
     system = "--system " if args.system else ""
     _write(out, f"Log in with: vpnctl {system}login {properties.get('Host') or args.url}")
+    return EXIT_OK
+
+
+def _secure_internet_server(bus: DaemonBus, args: argparse.Namespace) -> str:
+    """The object path of the caller's secure-internet server (the one named, or the only one)."""
+    if args.server:
+        return _find_server(bus, args)
+    method = "ListSystemServers" if args.system else "ListServers"
+    (servers,) = bus.call(MANAGER_PATH, MANAGER_INTERFACE, method)
+    ours = [path for path, p in servers.items() if p.get("Kind") == "secure-internet"]
+    if len(ours) == 1:
+        return str(ours[0])
+    if not ours:
+        raise VpnctlError("no secure-internet server is added; add one with `vpnctl add --org`")
+    raise UsageError("several secure-internet servers are added; name one with --server")
+
+
+def _cmd_location(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
+    path = _secure_internet_server(bus, args)
+    if args.where is not None:
+        bus.call(path, SERVER_INTERFACE, "SetLocation", "s", args.where)
+    properties = bus.get_all(path, SERVER_INTERFACE)
+    current = str(properties.get("Location") or properties.get("Url") or "")
+    if args.where is not None and not args.json:
+        _write(out, f"{properties.get('Host')} now connects at {current}")
+        return EXIT_OK
+    options = {
+        "kinds": ("as", ["secure-internet"]),
+        "language": ("s", choose_locale(os.environ)),
+        "limit": ("u", 0),
+    }
+    (results,) = bus.call(MANAGER_PATH, MANAGER_INTERFACE, "Discover", "sa{sv}", "", options)
+    records = [
+        {
+            "country_code": str(r.get("country_code", "")),
+            "display_name": str(r.get("display_name", "")),
+            "base_url": str(r.get("base_url", "")),
+            "current": str(r.get("base_url", "")) == current,
+        }
+        for r in results
+    ]
+    records.sort(key=lambda r: (r["country_code"], r["display_name"], r["base_url"]))
+    if args.json:
+        _write(out, render.to_json(records))
+        return EXIT_OK
+    for record in records:
+        mark = "*" if record["current"] else " "
+        name = record["display_name"] or record["base_url"]
+        _write(out, f"{mark} {record['country_code'] or '--':<3} {name}  {record['base_url']}")
     return EXIT_OK
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Protocol
 
 from vpnd.config import Settings
-from vpnd.errors import ServerError, VpndError
+from vpnd.errors import NotFound, ServerError, VpndError
 from vpnd.http import Response
 from vpnd.protocols import discovery as disco
 from vpnd.protocols import lang
@@ -71,6 +71,7 @@ MAX_DOWNLOAD = disco.MAX_LIST_BYTES
 """What the HTTP client for discovery must accept in one reply."""
 
 CACHE_FORMAT = 1
+_EVERYTHING = 1_000_000
 _MAX_META = 4096
 
 
@@ -536,6 +537,40 @@ class Discovery:
             for state in states
         }
         return DiscoveryResult(hits=hits, lists=lists)
+
+
+    async def _all(self, kind: str) -> list[DiscoveredServer | Organization]:
+        """Every entry of one kind, as the lists hold them."""
+        result = await self.search("", kinds=[kind], limit=_EVERYTHING)
+        return [hit.entry.source for hit in result.hits if hit.entry.source is not None]
+
+    async def organization(self, org_id: str) -> Organization:
+        """The organization `org_id` of the organization list; NotFound if it has none."""
+        for entry in await self._all(lookup.ORGANIZATION_KIND):
+            if isinstance(entry, Organization) and entry.org_id == org_id:
+                return entry
+        raise NotFound(f"the organization list has no organization {org_id!r}")
+
+    async def locations(self) -> list[DiscoveredServer]:
+        """The secure-internet servers of the server list, in its order."""
+        return [
+            entry
+            for entry in await self._all(lookup.SECURE_INTERNET_KIND)
+            if isinstance(entry, DiscoveredServer)
+        ]
+
+    async def authentication_template(self, base_url: str) -> str:
+        """The `authentication_url_template` the server list gives the server at
+        `base_url` ("" when it gives none, or discovery cannot tell)."""
+        try:
+            servers = await self.locations()
+        except VpndError as exc:
+            log.info("no login shortcut for %s: %s", base_url, exc.message)
+            return ""
+        for server in servers:
+            if server.base_url == base_url:
+                return server.authentication_url_template
+        return ""
 
 
 # -- results as the bus gives them -----------------------------------------------

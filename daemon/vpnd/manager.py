@@ -288,8 +288,12 @@ class Manager:
                 )
         raise NotFound(f"no server of yours matches {query!r}")
 
-    async def add_server(self, owner: int, url: str, kind: str | None = None) -> Server:
-        """Add a server after finding out which API it speaks (or checking `kind`'s)."""
+    async def add_server(
+        self, owner: int, url: str, kind: str | None = None, *, org_id: str = ""
+    ) -> Server:
+        """Add a server after finding out which API it speaks (or checking `kind`'s).
+
+        `org_id` names the organization a secure-internet home server is added for."""
         base_url = eduvpn.normalize_base_url(url)
         self._check_can_add(owner, base_url)
         if kind is None:
@@ -305,6 +309,7 @@ class Manager:
             url=base_url,
             added_at=time.time(),
             kind=family.kind,
+            org_id=org_id,
         )
         self._save_servers(owner, [*self._records_of(owner), record])
         server = Server(record)
@@ -355,7 +360,7 @@ class Manager:
         The result is reported through Listener.authorization_finished. A new
         call supersedes one still waiting for the browser."""
         family = self._family(server)
-        endpoints = await family.provider.discover(server.url)
+        endpoints = await family.provider.discover(server.url, server.record)
         self._cancel_authorization(server, "a newer login started")
         pending = await family.login.begin(server.record, endpoints, caller)
         task = asyncio.create_task(pending.complete())
@@ -400,7 +405,7 @@ class Manager:
     async def sign_in(self, server: Server, fields: Mapping[str, str]) -> dict[str, Any]:
         """Log in with what the user typed; {} when done, else what the server asks next."""
         family = self._family(server)
-        endpoints = await family.provider.discover(server.url)
+        endpoints = await family.provider.discover(server.url, server.record)
         try:
             return await family.login.sign_in(server.record, endpoints, fields)
         finally:
@@ -447,7 +452,7 @@ class Manager:
     async def _ask(self, server: Server, action: Callable[[Provider, Session], Awaitable[T]]) -> T:
         """Find the server's endpoints, then run a provider call there with a credential."""
         provider = self._family(server).provider
-        endpoints = await provider.discover(server.url)
+        endpoints = await provider.discover(server.url, server.record)
         server.endpoints = endpoints
         return await self._call(server, endpoints, lambda session: action(provider, session))
 
@@ -485,6 +490,25 @@ class Manager:
         ]
 
     # -- connections -------------------------------------------------------
+
+    def set_location(self, server: Server, location: str) -> None:
+        """Use the API of the server at `location` (a base URL; "" the server
+        itself) with this server's login: a secure-internet location. The
+        caller has checked that the location belongs to the server's federation."""
+        if not server.record.org_id:
+            raise InvalidArgument(
+                f"{server.host} is not a secure-internet server; it has no other locations"
+            )
+        location = eduvpn.normalize_base_url(location) if location else ""
+        if location == server.url:
+            location = ""
+        if server.record.location == location:
+            return
+        server.record.location = location
+        server.endpoints = None  # the next call finds the location's endpoints
+        self._save_servers(server.owner, self._records_of(server.owner))
+        log.info("%s now connects at %s", server.url, location or "its home server")
+        self._listener.server_changed(server, {"location"})
 
     # -- connect at start -----------------------------------------------------
 
@@ -729,12 +753,12 @@ class Manager:
 
         known = server.endpoints
         if known is None:
-            endpoints = await provider.discover(server.url)
+            endpoints = await provider.discover(server.url, server.record)
             connection.steps.step("found the server's endpoints")
             server.endpoints = endpoints
             return endpoints, await obtain(endpoints)
         discovered, early = await asyncio.gather(
-            provider.discover(server.url), obtain(known), return_exceptions=True
+            provider.discover(server.url, server.record), obtain(known), return_exceptions=True
         )
         connection.steps.step("found the server's endpoints and asked them for a configuration")
         # A configuration asked for in vain is not handed back: the next one

@@ -313,7 +313,9 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     bus_id = await transport.bus_id(bus)
     steps.step("opened the store and connected to the bus")
     frontend = BusFrontend(bus)
-    families = default_families(http, store.secrets, settings)
+    families = default_families(
+        http, store.secrets, settings, template_for=discovery.authentication_template
+    )
     # The bus publishes every change; systemd's STATUS= line says what a connection does.
     manager = Manager(settings, store, families, new_tunnel, StatusLine(frontend, notify))
     frontend.attach(manager)

@@ -18,7 +18,13 @@ import pytest
 
 from tests.lab.daemon import VpndProcess, failed, ok, vpnctl
 from tests.lab.dbus import PrivateSystemBus
-from tests.lab.discovery import DiscoveryServer, LabSigner, organization_list, server_list
+from tests.lab.discovery import (
+    DiscoveryDaemon,
+    DiscoveryServer,
+    LabSigner,
+    organization_list,
+    server_list,
+)
 from tests.lab.pki import LabPKI
 
 pytestmark = pytest.mark.bus
@@ -56,23 +62,6 @@ ORGANIZATIONS: list[dict[str, Any]] = [
     },
 ]
 ORG_LIST = "/organization_list.json"
-
-
-class DiscoveryDaemon(VpndProcess):
-    """vpnd with its discovery pointed at the lab (discovery_keys is a TOML list)."""
-
-    def __init__(self, *args: Any, keys: list[str], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.keys = keys
-
-    def write_config(self) -> None:
-        super().write_config()
-        with self.config_file.open("a") as config:
-            config.write(f"discovery_keys = {json.dumps(self.keys)}\n")
-
-    @property
-    def kept_list(self) -> Path:
-        return self.state_dir / "discovery" / "organization_list.json.cache"
 
 
 @pytest.fixture(scope="module")

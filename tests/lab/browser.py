@@ -75,6 +75,12 @@ def approve(url: str, *, ca_file: str, approve: bool = True, timeout: float = 10
     context = ssl.create_default_context(cafile=ca_file)
     with httpx.Client(verify=context, timeout=timeout, trust_env=False) as portal:
         response = portal.get(url)
+        # A login shortcut first sends the browser on to the authorization page.
+        for _ in range(_MAX_REDIRECTS):
+            location = urljoin(str(response.url), response.headers.get("location", ""))
+            if response.status_code not in _REDIRECTS or not location.startswith("https://"):
+                break
+            response = portal.get(location)
         if response.status_code == 200:
             parser = _FormParser()
             parser.feed(response.text)

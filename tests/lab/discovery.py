@@ -23,10 +23,12 @@ import random
 import secrets
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from nacl.signing import SigningKey
 
+from tests.lab.daemon import VpndProcess
 from tests.lab.pki import LabPKI
 from tests.lab.portal import Hostile, HostileServed, ServedPortal, _Reply
 
@@ -295,3 +297,20 @@ def _not_modified(headers: Mapping[str, str], etag: str, modified: float) -> boo
     except (TypeError, ValueError):
         return False
     return int(modified) <= when
+
+
+class DiscoveryDaemon(VpndProcess):
+    """vpnd with its discovery pointed at the lab (discovery_keys is a TOML list)."""
+
+    def __init__(self, *args: Any, keys: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.keys = keys
+
+    def write_config(self) -> None:
+        super().write_config()
+        with self.config_file.open("a") as config:
+            config.write(f"discovery_keys = {json.dumps(self.keys)}\n")
+
+    @property
+    def kept_list(self) -> Path:
+        return self.state_dir / "discovery" / "organization_list.json.cache"

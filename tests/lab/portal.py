@@ -297,6 +297,7 @@ class TestPortal(ServedPortal):
     disconnect_calls: int
     issued_common_names: list[str]
     token_grants: list[str]
+    shortcut_logins: list[str]  # the IdP of each login through the shortcut
     hostile: dict[str, Hostile]
     requests: list[tuple[str, str, dict[str, str]]]
     hostile_served: list[HostileServed]
@@ -317,6 +318,9 @@ class TestPortal(ServedPortal):
         self._codes: dict[str, _Code] = {}
         self._access_tokens: dict[str, _Token] = {}
         self._refresh_tokens: dict[str, _Authorization] = {}
+        #: The portal whose access tokens this one accepts instead of its own
+        #: (a secure-internet location trusts its federation's home server).
+        self.token_authority: TestPortal | None = None
         self.reset()
 
     # --- knobs and records ---
@@ -333,6 +337,7 @@ class TestPortal(ServedPortal):
             self.disconnect_calls = 0
             self.issued_common_names = []
             self.token_grants = []
+            self.shortcut_logins = []
             self.hostile = {}
             self.requests = []
             self.hostile_served = []
@@ -389,6 +394,7 @@ class TestPortal(ServedPortal):
             ("GET", "/insecure/.well-known/vpn-user-portal"): lambda _p, _h: _redirect(
                 f"http://{self.host}:{self.port}/.well-known/vpn-user-portal"
             ),
+            ("GET", "/_saml/login"): self._shortcut,
             ("GET", "/oauth/authorize"): self._authorize_page,
             ("POST", "/oauth/authorize"): self._authorize_decision,
             ("POST", "/oauth/token"): self._token,
@@ -403,6 +409,16 @@ class TestPortal(ServedPortal):
             raise _error(404, "not found")
         params = _parse_form(url.query.encode()) if method == "GET" else _form_body(headers, body)
         return handler(params, headers)
+
+    def _shortcut(self, params: dict[str, str], headers: dict[str, str]) -> _Reply:
+        """A login shortcut (a server list's authentication_url_template points here):
+        the identity provider is chosen (`IdP`), then on to `ReturnTo` on this portal."""
+        back = params.get("ReturnTo", "")
+        if not back.startswith(f"{self.base_url}oauth/authorize?"):
+            raise _error(400, "ReturnTo is not this portal's authorization page")
+        with self._state_lock:
+            self.shortcut_logins.append(params.get("IdP", ""))
+        return _redirect(back)
 
     def _well_known(self, params: dict[str, str], headers: dict[str, str]) -> _Reply:
         if self.fault == "well_known_invalid_json":
@@ -540,6 +556,9 @@ class TestPortal(ServedPortal):
         return authorization
 
     def _bearer(self, headers: dict[str, str]) -> _Authorization:
+        if self.token_authority is not None:
+            # A secure-internet location: the home server's tokens are valid here.
+            return self.token_authority._bearer(headers)
         scheme, _, token = headers.get("authorization", "").partition(" ")
         with self._state_lock:
             entry = self._access_tokens.get(token.strip()) if scheme.lower() == "bearer" else None

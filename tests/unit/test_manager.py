@@ -92,7 +92,7 @@ class FakeProvider:
     calls: list[tuple[str, str]] = field(default_factory=list)  # (what, access token)
     sessions: list[Session] = field(default_factory=list)
 
-    async def discover(self, base_url: str) -> Endpoints:
+    async def discover(self, base_url: str, record: ServerRecord | None = None) -> Endpoints:
         self.discoveries += 1
         if self.discover_error is not None:
             raise self.discover_error
@@ -569,9 +569,9 @@ async def test_later_connects_ask_for_a_config_while_the_endpoints_are_fetched(
     gate = asyncio.Event()
     original = world.v3.discover
 
-    async def slow_discover(base_url: str) -> Endpoints:
+    async def slow_discover(base_url: str, record: ServerRecord | None = None) -> Endpoints:
         await gate.wait()
-        return await original(base_url)
+        return await original(base_url, record)
 
     world.v3.discover = slow_discover  # type: ignore[method-assign]
     discoveries = world.v3.discoveries

@@ -58,6 +58,8 @@ def server_properties(server: Server) -> dict[str, Any]:
         "AuthorizationPending": server.authorization_pending,
         "SessionExpiry": int(server.record.session_expiry),
         "Autoconnect": server.record.autoconnect,
+        "OrgId": server.record.org_id,
+        "Location": server.record.location,
     }
 
 
@@ -142,11 +144,19 @@ class ManagerObject(BusObject):
         return server_path(await self._manager.add_server(SYSTEM_OWNER, url))
 
     async def AddServerWithOptions(self, call: Call, url: str, options: dict[str, Any]) -> str:
-        url = validate.url(url)
         kind, system = validate.add_options(options)
+        org_id = validate.add_org_id(options)
+        url = validate.url(url) if url or not org_id else ""
         owner = SYSTEM_OWNER if system else call.uid
         await self._gate.require(call, owner, polkit.MANAGE_OWN_SERVERS)
-        return server_path(await self._manager.add_server(owner, url, kind))
+        if org_id:
+            # Secure internet: the organization's home server, from the signed list.
+            discovery = self._frontend.discovery
+            if discovery is None:
+                raise DiscoveryDisabled("this daemon does not read discovery lists")
+            organization = await discovery.organization(org_id)
+            url, kind = organization.secure_internet_home, "secure-internet"
+        return server_path(await self._manager.add_server(owner, url, kind, org_id=org_id))
 
     async def RemoveServer(self, call: Call, path: str) -> None:
         server = self._frontend.server_at(validate.server_path(path))
@@ -277,6 +287,26 @@ class ServerObject(BusObject):
         connection = self._frontend.manager.connect(self.server, profile_id, prefer_tcp=prefer_tcp)
         return connection_path(connection)
 
+    async def SetLocation(self, call: Call, where: str) -> None:
+        where = validate.location(where)
+        await self._frontend.gate.require(call, self.owner, polkit.MANAGE_OWN_SERVERS)
+        location = ""
+        if where:
+            discovery = self._frontend.discovery
+            if discovery is None:
+                raise DiscoveryDisabled("this daemon does not read discovery lists")
+            wanted = where.lower().rstrip("/")
+            matches = [
+                server
+                for server in await discovery.locations()
+                if server.country_code.lower() == wanted
+                or server.base_url.lower().rstrip("/") == wanted
+            ]
+            if not matches:
+                raise NotFound(f"the server list has no secure-internet location {where!r}")
+            location = matches[0].base_url
+        self._frontend.manager.set_location(self.server, location)
+
     async def SetAutoconnect(self, call: Call, profile_id: str) -> None:
         profile_id = validate.profile_id(profile_id) if profile_id else ""
         await self._frontend.gate.require(call, self.owner, polkit.MANAGE_OWN_SERVERS)
@@ -318,6 +348,7 @@ _SERVER_FIELDS = {
     "authorization_pending": "AuthorizationPending",
     "session_expiry": "SessionExpiry",
     "autoconnect": "Autoconnect",
+    "location": "Location",
 }
 _CONNECTION_FIELDS = {
     "state": "State",

@@ -109,6 +109,8 @@ _SERVER_PROPERTIES = {
     "AuthorizationPending": "b",
     "SessionExpiry": "t",
     "Autoconnect": "s",
+    "OrgId": "s",
+    "Location": "s",
 }
 
 MANAGER = Interface(
@@ -141,6 +143,7 @@ SERVER = Interface(
         Method("SignIn", (("fields", "a{ss}"),), (("next", "a{sv}"),)),
         Method("Connect", (("profile_id", "s"), ("options", "a{sv}")), (("connection", "o"),)),
         Method("SetAutoconnect", (("profile_id", "s"),)),
+        Method("SetLocation", (("location", "s"),)),
     ),
     properties=_SERVER_PROPERTIES,
     signals=(

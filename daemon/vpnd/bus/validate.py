@@ -23,7 +23,7 @@ _LOCALE = re.compile(r"[A-Za-z0-9_.@:+-]{0,128}")
 _SERVER_PATH = re.compile(re.escape(SERVERS_PATH) + r"/[0-9a-f]{16}")
 
 CONNECT_OPTIONS = {"prefer_tcp": "b"}
-ADD_OPTIONS = {"kind": "s", "system": "b"}
+ADD_OPTIONS = {"kind": "s", "system": "b", "org_id": "s"}
 # What AddServerWithOptions' kind may name: "eduvpn" finds the generation itself.
 ADD_KINDS = {"eduvpn": None, "access-server": "access-server"}
 SIGN_IN_FIELDS = frozenset(
@@ -95,6 +95,17 @@ def add_options(options: dict[str, Any]) -> tuple[str | None, bool]:
     if kind not in ADD_KINDS:
         raise InvalidArgument(f"a server kind is one of {', '.join(ADD_KINDS)}")
     return ADD_KINDS[kind], bool(values.get("system", False))
+
+
+def add_org_id(options: dict[str, Any]) -> str:
+    """AddServerWithOptions' org_id: an organization of the discovery list ("" for none)."""
+    value = _options(options, ADD_OPTIONS, "add").get("org_id", "")
+    return text(value, "organization id", limit=256).strip() if value else ""
+
+
+def location(value: str) -> str:
+    """SetLocation's argument: a country code or a base URL ("" for the home server)."""
+    return text(value, "location", limit=2048).strip()
 
 
 DISCOVER_OPTIONS = {"kinds": "as", "language": "s", "limit": "u"}

@@ -35,6 +35,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from vpnd.errors import InvalidArgument, ServerError
 from vpnd.protocols.documents import (
@@ -687,4 +688,14 @@ def parse_instance_list(body: bytes, file_name: str) -> InstanceList:
         servers.append(server)
     return InstanceList(
         version=version, authorization_type=authorization_type, servers=tuple(servers)
+    )
+
+
+def authentication_url(template: str, return_to: str, org_id: str) -> str:
+    """The address that logs a member of `org_id` in at a secure-internet home
+    server without its chooser of identity providers: `template` (a server
+    list's `authentication_url_template`) with `@RETURN_TO@` replaced by the
+    authorization URL and `@ORG_ID@` by the organization, both URL-encoded."""
+    return template.replace("@RETURN_TO@", quote(return_to, safe="")).replace(
+        "@ORG_ID@", quote(org_id, safe="")
     )

@@ -12,6 +12,7 @@ from vpnd.providers.base import Family, NotThisFamily
 if TYPE_CHECKING:
     from vpnd.config import Settings
     from vpnd.http import HttpClient
+    from vpnd.providers.secure_internet import TemplateSource
     from vpnd.store.store import SecretStore
 
 
@@ -53,8 +54,14 @@ class Families:
         raise first
 
 
-def default_families(http: HttpClient, secrets: SecretStore, settings: Settings) -> Families:
-    """Every family this daemon speaks, newest API first."""
+def default_families(
+    http: HttpClient,
+    secrets: SecretStore,
+    settings: Settings,
+    template_for: TemplateSource | None = None,
+) -> Families:
+    """Every family this daemon speaks, newest API first. `template_for` gives
+    a secure-internet home server's login shortcut (from the server list)."""
     from vpnd.auth.access_server import AccessServerLogin
     from vpnd.auth.implicit import ImplicitLogin
     from vpnd.auth.oauth_code import OAuthCodeLogin
@@ -62,6 +69,7 @@ def default_families(http: HttpClient, secrets: SecretStore, settings: Settings)
     from vpnd.providers.eduvpn_v1 import EduVPNv1Provider
     from vpnd.providers.eduvpn_v2 import EduVPNv2Provider
     from vpnd.providers.eduvpn_v3 import EduVPNv3Provider
+    from vpnd.providers.secure_internet import SecureInternetLogin, SecureInternetProvider
 
     timeout = settings.authorization_timeout
     code_login = OAuthCodeLogin(http, secrets, settings.client_id, timeout)
@@ -71,5 +79,10 @@ def default_families(http: HttpClient, secrets: SecretStore, settings: Settings)
             Family(EduVPNv2Provider(http), code_login),
             Family(EduVPNv1Provider(http), ImplicitLogin(secrets, settings.client_id, timeout)),
             Family(AccessServerProvider(), AccessServerLogin(http, secrets), detected=False),
+            Family(
+                SecureInternetProvider(http),
+                SecureInternetLogin(code_login, template_for),
+                detected=False,
+            ),
         ]
     )

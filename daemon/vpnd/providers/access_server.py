@@ -19,6 +19,7 @@ from vpnd.protocols.documents import normalize_base_url
 from vpnd.protocols.eduvpn import Endpoints, Profile
 from vpnd.protocols.eduvpn_v2 import Message
 from vpnd.providers.base import Connectable, Session
+from vpnd.store.store import ServerRecord
 
 _NAMES = {
     "autologin": "Autologin profile (connects without asking)",
@@ -31,7 +32,7 @@ class AccessServerProvider:
 
     kind = "access-server"
 
-    async def discover(self, base_url: str) -> Endpoints:
+    async def discover(self, base_url: str, record: ServerRecord | None = None) -> Endpoints:
         """Nothing to fetch: the REST API lives at the base URL itself."""
         url = normalize_base_url(base_url)
         return Endpoints(api_endpoint=url, authorization_endpoint="", token_endpoint="")

@@ -90,9 +90,12 @@ class Provider(Protocol):
 
     kind: str
 
-    async def discover(self, base_url: str) -> Endpoints:
+    async def discover(self, base_url: str, record: ServerRecord | None = None) -> Endpoints:
         """Where the server's API and login endpoints are (fetched fresh every time).
 
+        `record` is the added server's (None while it is being added), for a
+        family whose API and login live at different servers (secure
+        internet: the login at the home server, the API at a location).
         Raises NotThisFamily when the server does not speak this family's API."""
         ...
 

@@ -25,6 +25,7 @@ from vpnd.providers.eduvpn_v2 import (
     send,
     stored_keypair,
 )
+from vpnd.store.store import ServerRecord
 
 _JSON = {"Accept": "application/json"}
 
@@ -37,7 +38,7 @@ class EduVPNv1Provider:
     def __init__(self, http: HttpClient) -> None:
         self._http = http
 
-    async def discover(self, base_url: str) -> Endpoints:
+    async def discover(self, base_url: str, record: ServerRecord | None = None) -> Endpoints:
         """Fetch info.json; NotThisFamily unless it is an API v1 document."""
         reply = await self._http.get(
             v2.info_json_url(base_url), headers=_JSON, follow_redirects=True

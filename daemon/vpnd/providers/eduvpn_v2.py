@@ -24,6 +24,7 @@ from vpnd.protocols import eduvpn_v2 as v2
 from vpnd.protocols import ovpnconfig
 from vpnd.protocols.eduvpn import Endpoints, Profile
 from vpnd.providers.base import Connectable, NotThisFamily, Session, all_of
+from vpnd.store.store import ServerRecord
 
 log = logging.getLogger("vpnd.providers")
 
@@ -39,7 +40,7 @@ class EduVPNv2Provider:
     def __init__(self, http: HttpClient) -> None:
         self._http = http
 
-    async def discover(self, base_url: str) -> Endpoints:
+    async def discover(self, base_url: str, record: ServerRecord | None = None) -> Endpoints:
         """Fetch info.json; NotThisFamily unless it announces API v2."""
         url = v2.info_json_url(base_url)
         reply = await self._http.get(url, headers=_JSON, follow_redirects=True)

@@ -11,6 +11,7 @@ from vpnd.protocols import eduvpn, ovpnconfig
 from vpnd.protocols.eduvpn import Endpoints, Profile
 from vpnd.protocols.eduvpn_v2 import Message
 from vpnd.providers.base import Connectable, NotThisFamily, Session
+from vpnd.store.store import ServerRecord
 
 log = logging.getLogger("vpnd.providers")
 
@@ -25,7 +26,7 @@ class EduVPNv3Provider:
     def __init__(self, http: HttpClient) -> None:
         self._http = http
 
-    async def discover(self, base_url: str) -> Endpoints:
+    async def discover(self, base_url: str, record: ServerRecord | None = None) -> Endpoints:
         """Fetch the discovery document; it is no-store, so this runs before every connect."""
         reply = await self._http.get(
             eduvpn.well_known_url(base_url),

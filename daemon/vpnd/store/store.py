@@ -50,6 +50,10 @@ class ServerRecord:
     session_expiry: float = 0.0
     # The profile to connect with when vpnd starts ("": none); system-wide servers only.
     autoconnect: str = ""
+    # Secure internet: the organization whose home server `url` is, and the
+    # location (another server's base URL) whose API is used; "" the home.
+    org_id: str = ""
+    location: str = ""
 
     @staticmethod
     def from_dict(data: Any, owner: int) -> ServerRecord:
@@ -65,6 +69,8 @@ class ServerRecord:
                 kind=str(data["kind"]),
                 session_expiry=float(data.get("session_expiry", 0.0)),
                 autoconnect=str(data.get("autoconnect", "")),
+                org_id=str(data.get("org_id", "")),
+                location=str(data.get("location", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StorageFailed(f"a server record is malformed ({exc})") from None
@@ -72,6 +78,12 @@ class ServerRecord:
             raise StorageFailed("a server record has a malformed id")
         if not _KIND.fullmatch(record.kind):
             raise StorageFailed("a server record has a malformed kind")
+        if len(record.org_id) > 256 or not record.org_id.isprintable():
+            raise StorageFailed("a server record has a malformed organization id")
+        if record.location and (
+            not record.location.startswith("https://") or len(record.location) > 2048
+        ):
+            raise StorageFailed("a server record has a malformed location")
         if record.autoconnect and not _PROFILE.fullmatch(record.autoconnect):
             raise StorageFailed("a server record names a malformed profile to connect at start")
         return record
