@@ -220,6 +220,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _sign_in_arguments(sub)
 
+    sub = command(
+        "renew",
+        _cmd_renew,
+        "start a new VPN session before this one ends: log in again and reconnect",
+        system=True,
+    )
+    sub.add_argument("server", metavar="SERVER", help=server_help)
+    sub.add_argument(
+        "--no-browser", action="store_true", help="only print the address to open, do not open it"
+    )
+    sub.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=LOGIN_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long to wait for the login to finish (default {LOGIN_TIMEOUT:g})",
+    )
+
     sub = command("profiles", _cmd_profiles, "list the VPN profiles a server offers", system=True)
     sub.add_argument("server", metavar="SERVER", help=server_help)
     sub.add_argument("--json", action="store_true", help="print JSON")
@@ -590,9 +608,25 @@ def _cmd_login(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
         _sign_in(bus, path, args, out)
         _write(out, f"Signed in to {bus.get(path, SERVER_INTERFACE, 'Url')}")
         return EXIT_OK
-    # Subscribed before Authorize: a quick login must not finish unseen.
+    _browser_login(bus, path, "Authorize", args, out)
+    _write(out, f"Logged in to {bus.get(path, SERVER_INTERFACE, 'Url')}")
+    return EXIT_OK
+
+
+def _cmd_renew(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
+    path = _find_server(bus, args)
+    _browser_login(bus, path, "Renew", args, out)
+    _write(out, f"Renewed the session at {bus.get(path, SERVER_INTERFACE, 'Url')}")
+    return EXIT_OK
+
+
+def _browser_login(
+    bus: DaemonBus, path: str, method: str, args: argparse.Namespace, out: IO[str]
+) -> None:
+    """Call `method` (Authorize, Renew), open its URL and wait for AuthorizationFinished."""
+    # Subscribed before the call: a quick login must not finish unseen.
     finished = bus.subscribe(path=path, interface=SERVER_INTERFACE, member="AuthorizationFinished")
-    (url,) = bus.call(path, SERVER_INTERFACE, "Authorize")
+    (url,) = bus.call(path, SERVER_INTERFACE, method)
     if args.no_browser:
         _write(out, f"Open this address in a browser to log in:\n{url}")
     else:
@@ -619,8 +653,6 @@ def _cmd_login(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
     success, error, message = signal.body
     if not success:
         raise named_error(error or ERROR_PREFIX + "AuthorizationFailed", message)
-    _write(out, f"Logged in to {bus.get(path, SERVER_INTERFACE, 'Url')}")
-    return EXIT_OK
 
 
 def _follow_connection(

@@ -51,6 +51,12 @@ class AuthorizationRequired(VpndError):
     dbus_name = PREFIX + "AuthorizationRequired"
 
 
+class SessionExpired(AuthorizationRequired):
+    """The VPN session the server granted has ended; a new login starts another."""
+
+    dbus_name = PREFIX + "SessionExpired"
+
+
 class AuthorizationFailed(VpndError):
     """An OAuth authorization attempt failed (state mismatch, denied, bad token reply)."""
 

@@ -28,6 +28,7 @@ from vpnd.errors import (
     NotFound,
     ServerError,
     ServerUnreachable,
+    SessionExpired,
     TunnelFailed,
     TwoFactorRequired,
     VpndError,
@@ -115,6 +116,8 @@ class Server:
     endpoints: Endpoints | None = None
     _authorization: asyncio.Task[None] | None = field(default=None, repr=False)
     _pending: PendingAuthorization | None = field(default=None, repr=False)
+    # The connection to make again once a renewal's login succeeds: (profile, prefer_tcp).
+    _after_renewal: tuple[str, bool] | None = field(default=None, repr=False)
 
     @property
     def server_id(self) -> str:
@@ -172,6 +175,8 @@ class Connection:
     # Tunnels started so far, and the error the current one ended with.
     tries: int = 0
     exit_error: VpndError | None = None
+    # Tells the owner as the session's end comes near, and ends the connection then.
+    expiry_watch: asyncio.Task[None] | None = field(default=None, repr=False)
     # Set once the tunnel is up or the attempt has ended.
     settled: asyncio.Event = field(default_factory=asyncio.Event)
     # Set when `settled` or `question` changes: the connect timeout's clock
@@ -209,6 +214,15 @@ class Listener(Protocol):
     def connection_removed(self, connection: Connection) -> None: ...
 
     def connection_changed(self, connection: Connection, fields: set[str]) -> None: ...
+
+    def session_expiring(self, connection: Connection, seconds_left: int) -> None: ...
+
+
+#: When, before a session ends, its owner is told (seconds): eduVPN's clients'
+#: rule, for a system VPN also when no client runs (a notifier follows the signal).
+EXPIRY_NOTICES = (4 * 3600, 2 * 3600, 3600)
+#: A renewal is refused for a session younger than this (seconds), as eduVPN's clients do.
+RENEW_AFTER = 30 * 60
 
 
 class Manager:
@@ -372,6 +386,33 @@ class Manager:
         self._listener.server_changed(server, {"authorization_pending"})
         return pending.url
 
+    async def renew(self, server: Server, caller: int) -> str:
+        """Start a new VPN session: disconnect, release the session, drop the
+        credential and log in again (the URL for the browser); the same
+        profile connects again once the login succeeds.
+
+        Refused for a connection less than RENEW_AFTER seconds old."""
+        current = self.connection
+        mine = (
+            current
+            if current is not None and current.server is server and not current.machine.finished
+            else None
+        )
+        if mine is not None and time.time() - (mine.connected_since or time.time()) < RENEW_AFTER:
+            raise InvalidArgument(
+                f"the VPN session is less than {RENEW_AFTER // 60} minutes old; renew it later"
+            )
+        # The login first: a server that cannot log in again (one that takes
+        # a password, not a browser) is refused before anything changes.
+        url = await self.authorize(server, caller)
+        if mine is not None:
+            server._after_renewal = (mine.profile_id, mine.prefer_tcp)
+            await self.disconnect(mine)
+        self._family(server).login.forget(server.record)
+        self._auth_error(server)
+        log.info("uid %d renews the session at %s", caller, server.url)
+        return url
+
     def _authorization_done(
         self, server: Server, pending: PendingAuthorization, task: asyncio.Task[None]
     ) -> None:
@@ -400,6 +441,12 @@ class Manager:
         server.authorized = self._is_authorized(server)
         self._listener.server_changed(server, changed)
         self._listener.authorization_finished(server, error)
+        again, server._after_renewal = server._after_renewal, None
+        current = self.connection
+        idle = current is None or current.machine.finished
+        if again is not None and error is None and server.authorized and idle:
+            self.connect(server, again[0], prefer_tcp=again[1])
+            return
         self._connect_at_start_if_due(server)
 
     async def sign_in(self, server: Server, fields: Mapping[str, str]) -> dict[str, Any]:
@@ -773,8 +820,45 @@ class Manager:
         log.info("%s names other endpoints now; asking there", server.host)
         return discovered, await obtain(discovered)
 
+    def _watch_session(self, connection: Connection) -> None:
+        """(Re)start the watch over the connection's session expiry."""
+        if connection.expiry_watch is not None:
+            connection.expiry_watch.cancel()
+        connection.expiry_watch = None
+        if connection.session_expiry:
+            connection.expiry_watch = asyncio.create_task(self._expiry_watch(connection))
+
+    async def _expiry_watch(self, connection: Connection) -> None:
+        expiry = connection.session_expiry
+        left = expiry - time.time()
+        # Already within a notice's reach when it starts: say so at once.
+        if 0 < left <= EXPIRY_NOTICES[0]:
+            self._listener.session_expiring(connection, int(left))
+        for notice in (*EXPIRY_NOTICES, 0):
+            if expiry - time.time() <= notice:
+                continue
+            # Wall-clock time: checked again after every wake (a suspended
+            # machine wakes late).
+            while (left := expiry - time.time() - notice) > 0:  # noqa: ASYNC110 (a clock, not an event)
+                await asyncio.sleep(min(left, 3600))
+            if connection.machine.finished:
+                return
+            if notice:
+                self._listener.session_expiring(connection, notice)
+        if connection.machine.finished or connection.state is State.DISCONNECTING:
+            return
+        self._listener.session_expiring(connection, 0)
+        log.info("connection %d: the VPN session ended", connection.conn_id)
+        error = SessionExpired(
+            f"the VPN session at {connection.server.host} ended; log in again to start a new one"
+        )
+        connection.error, connection.error_message = error.dbus_name, error.message
+        self._listener.connection_changed(connection, {"error", "error_message"})
+        await self.disconnect(connection)
+
     def _record_session_expiry(self, connection: Connection, expires_at: float) -> None:
         connection.session_expiry = expires_at
+        self._watch_session(connection)
         self._listener.connection_changed(connection, {"session_expiry"})
         server = connection.server
         if expires_at and server.record.session_expiry != expires_at:
@@ -791,6 +875,10 @@ class Manager:
         if after is State.CONNECTED or connection.machine.finished:
             connection.settled.set()
             connection.waking.set()
+        watch = connection.expiry_watch
+        if connection.machine.finished and watch not in (None, asyncio.current_task()):
+            assert watch is not None
+            watch.cancel()
         if after is not before:
             log.info("connection %d: %s -> %s", connection.conn_id, before, after)
             changed = {"state"}

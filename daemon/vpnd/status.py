@@ -69,6 +69,13 @@ class StatusLine:
     def connection_removed(self, connection: Connection) -> None:
         self._inner.connection_removed(connection)
 
+    def session_expiring(self, connection: Connection, seconds_left: int) -> None:
+        self._inner.session_expiring(connection, seconds_left)
+        if seconds_left:
+            hours = seconds_left / 3600
+            when = f"{hours:.0f} h" if hours >= 1 else f"{seconds_left // 60} min"
+            self._say(f"Connected to {connection.server.host}; the VPN session ends in {when}")
+
     def connection_changed(self, connection: Connection, fields: set[str]) -> None:
         self._inner.connection_changed(connection, fields)
         if fields & {"state", "detail"}:

@@ -180,6 +180,22 @@ def test_a_killed_openvpn_is_replaced_and_the_tunnel_comes_back(
     assert openvpn_children(vpnd) == []
 
 
+def test_a_session_that_ends_disconnects_with_that_reason(
+    vpnd: VpndProcess, portal: TestPortal, logged_in: dict[str, str]
+) -> None:
+    portal.session_seconds = 3
+    ok(vpnctl(["connect", portal.host, "--profile", "employees"], logged_in))
+    assert status(logged_in)["session_expiry"] - time.time() < 5
+    deadline = time.monotonic() + 20
+    while (now := status(logged_in))["state"] != "disconnected":
+        assert now["state"] == "connected", now
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert now["error"] == "org.vpnd.Error.SessionExpired"
+    assert openvpn_children(vpnd) == []
+    assert portal.disconnect_calls == 1
+
+
 def test_disconnect_while_connecting(
     vpnd: VpndProcess, portal: TestPortal, openvpn_lab: OpenVPNLab, logged_in: dict[str, str]
 ) -> None:

@@ -10,6 +10,7 @@ tests/bus and tests/e2e.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from vpnd.errors import (
     InvalidArgument,
     NotFound,
     ServerError,
+    SessionExpired,
     TunnelFailed,
     VpndError,
 )
@@ -151,6 +153,9 @@ class FakeLogin:
     def authorized(self, record: ServerRecord) -> bool:
         return record.server_id in self.credentials
 
+    def forget(self, record: ServerRecord) -> None:
+        self.credentials.pop(record.server_id, None)
+
     async def begin(self, record: ServerRecord, endpoints: Endpoints, caller: int) -> FakePending:
         assert endpoints == endpoints_for(record.url)
         self.pending.append(FakePending(self, record, caller))
@@ -239,6 +244,9 @@ class Recorder:
 
     def connection_changed(self, connection: Connection, fields: set[str]) -> None:
         self.events.append(("connection_changed", connection, frozenset(fields)))
+
+    def session_expiring(self, connection: Connection, seconds_left: int) -> None:
+        self.events.append(("session_expiring", connection, seconds_left))
 
     def names(self) -> list[str]:
         return [name for name, _obj, _extra in self.events]
@@ -980,3 +988,43 @@ async def test_without_its_authorization_it_connects_after_the_next_login(world:
     connection = world.manager.connection
     assert connection is not None and connection.server is server and connection.persistent
     await world.manager.disconnect(connection)
+
+
+# --- the session's end, and renewing it --------------------------------------------
+
+
+async def test_the_owner_is_told_before_the_session_ends_and_it_ends_cleanly(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vpnd.manager
+
+    monkeypatch.setattr(vpnd.manager, "EXPIRY_NOTICES", (3, 2))
+    world.v3.expires_at = time.time() + 2.5
+    server = await world.authorized_server()
+    connection = await world.connected(server)
+    await until(lambda: connection.machine.finished)
+    notices = [extra for name, what, extra in world.listener.events if name == "session_expiring"]
+    assert notices[0] in (1, 2) and notices[-1] == 0  # at once (under 3 s left), at 2 s, at the end
+    assert connection.state is State.DISCONNECTED
+    assert connection.error == SessionExpired.dbus_name
+    assert "log in again" in connection.error_message
+    assert world.tunnels[-1].stopped and ("release", "token-1") in world.v3.calls
+
+
+async def test_renew_logs_in_again_and_reconnects_the_same_profile(world: World) -> None:
+    server = await world.authorized_server()
+    connection = await world.connected(server)
+    with pytest.raises(InvalidArgument, match="less than 30 minutes"):
+        await world.manager.renew(server, OWNER)
+    assert connection.state is State.CONNECTED and server.authorized  # nothing changed
+    connection.connected_since = time.time() - 3600
+    url = await world.manager.renew(server, OWNER)
+    assert url == f"{URL}authorize?caller={OWNER}"
+    assert connection.state is State.DISCONNECTED
+    assert not server.authorized  # the old credential is gone
+    world.login.pending[-1].browser.set_result(None)
+    await login_ended(server)
+    again = world.manager.connection
+    assert again is not None and again is not connection
+    assert (again.profile_id, again.server) == ("employees", server)
+    await world.manager.disconnect(again)

@@ -32,6 +32,9 @@ class InnerLogin:
     def authorized(self, record: ServerRecord) -> bool:
         return True
 
+    def forget(self, record: ServerRecord) -> None:
+        return None
+
     async def begin(self, record: ServerRecord, endpoints: Endpoints, caller: int) -> Pending:
         return Pending(AUTHORIZE)
 

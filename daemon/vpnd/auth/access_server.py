@@ -71,6 +71,13 @@ class AccessServerLogin:
         """Whether a profile was downloaded for the server."""
         return self._secrets.has(record.owner, record.server_id, PROFILE)
 
+    def forget(self, record: ServerRecord) -> None:
+        """Drop the downloaded profile and what was kept to sign in."""
+        self._challenges.pop(record.server_id, None)
+        vault = self._vault(record)
+        vault.delete(PROFILE)
+        vault.delete(CREDENTIALS)
+
     async def begin(
         self, record: ServerRecord, endpoints: Endpoints, caller: int
     ) -> PendingAuthorization:

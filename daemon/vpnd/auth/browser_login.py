@@ -35,6 +35,10 @@ class TokenLogin:
         """Whether tokens are kept for the server."""
         return self.tokens.exist(record.owner, record.server_id)
 
+    def forget(self, record: ServerRecord) -> None:
+        """Drop the server's tokens: the next call needs a new login."""
+        self.tokens.forget(record.owner, record.server_id)
+
     async def sign_in(
         self, record: ServerRecord, endpoints: Endpoints, fields: Mapping[str, str]
     ) -> dict[str, Any]:

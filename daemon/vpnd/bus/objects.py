@@ -244,6 +244,10 @@ class ServerObject(BusObject):
         await self._frontend.gate.require(call, self.owner, polkit.MANAGE_OWN_SERVERS)
         return await self._frontend.manager.authorize(self.server, call.uid)
 
+    async def Renew(self, call: Call) -> str:
+        await self._frontend.gate.require(call, self.owner, polkit.MANAGE_OWN_SERVERS)
+        return await self._frontend.manager.renew(self.server, call.uid)
+
     async def GetProfiles(self, call: Call, locale: str) -> list[dict[str, Variant]]:
         locale = validate.locale(locale)
         await self._frontend.gate.require(call, self.owner)
@@ -467,6 +471,13 @@ class BusFrontend:
 
     def connection_removed(self, connection: Connection) -> None:
         self.router.remove(connection_path(connection))
+
+    def session_expiring(self, connection: Connection, seconds_left: int) -> None:
+        obj = self._connection_object(connection)
+        if obj is None:
+            return
+        body = [seconds_left, int(connection.session_expiry)]
+        self.router.emit(obj, "SessionExpiring", body, owner=connection.owner)
 
     def connection_changed(self, connection: Connection, fields: set[str]) -> None:
         obj = self._connection_object(connection)

@@ -138,6 +138,7 @@ SERVER = Interface(
     SERVER1,
     methods=(
         Method("Authorize", (), (("url", "s"),)),
+        Method("Renew", (), (("url", "s"),)),
         Method("GetProfiles", (("locale", "s"),), (("profiles", "aa{sv}"),)),
         Method("GetMessages", (("locale", "s"),), (("messages", "aa{sv}"),)),
         Method("SignIn", (("fields", "a{ss}"),), (("next", "a{sv}"),)),
@@ -175,7 +176,10 @@ CONNECTION = Interface(
         "ErrorMessage": "s",
         "Prompt": "a{sv}",
     },
-    signals=(Signal("StateChanged", (("state", "s"), ("error", "s"), ("message", "s"))),),
+    signals=(
+        Signal("StateChanged", (("state", "s"), ("error", "s"), ("message", "s"))),
+        Signal("SessionExpiring", (("seconds_left", "u"), ("expiry", "t"))),
+    ),
 )
 
 

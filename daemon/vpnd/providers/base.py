@@ -137,6 +137,10 @@ class Login(Protocol):
         """Whether a credential is kept for the server (it is not checked with the server)."""
         ...
 
+    def forget(self, record: ServerRecord) -> None:
+        """Drop the server's credential: using the server needs a new login."""
+        ...
+
     async def begin(
         self, record: ServerRecord, endpoints: Endpoints, caller: int
     ) -> PendingAuthorization:

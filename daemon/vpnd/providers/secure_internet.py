@@ -61,6 +61,10 @@ class SecureInternetLogin:
         """Whether the home server's tokens are kept."""
         return self._inner.authorized(record)
 
+    def forget(self, record: ServerRecord) -> None:
+        """Drop the home server's tokens."""
+        self._inner.forget(record)
+
     async def begin(
         self, record: ServerRecord, endpoints: Endpoints, caller: int
     ) -> PendingAuthorization:
