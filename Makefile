@@ -25,12 +25,14 @@ PYTEST_ARGS ?=
 
 # Debian packages the daemon, its tests and the demo use:
 # openvpn, polkitd, dbus-daemon/busctl/gdbus for the private bus, systemd for
-# systemd-analyze, util-linux for setpriv/unshare, iproute2/iputils-ping for
+# systemd-analyze, groff-base and zsh for the checks of vpnctl's man page and
+# completion, util-linux for setpriv/unshare, iproute2/iputils-ping for
 # the namespace lab, and a C toolchain with libsystemd-dev for systemd-python.
 DEB_PACKAGES := \
 	openvpn dbus dbus-daemon dbus-bin polkitd libglib2.0-bin systemd \
 	libsystemd-dev pkg-config gcc python3-dev python3-venv \
-	iproute2 iputils-ping procps util-linux mount openssl ca-certificates
+	iproute2 iputils-ping procps util-linux mount openssl ca-certificates \
+	groff-base zsh
 
 LINT_PATHS := daemon client tests benchmarks
 

@@ -93,6 +93,12 @@ class Subscription:
         """Drop what is queued: after reading state afresh, older signals would go back in time."""
         self.queue.clear()
 
+    def drop(self, path: str) -> None:
+        """Drop what is queued about one object, after reading it afresh; keep the rest."""
+        kept = [signal for signal in self.queue if signal.path != path]
+        self.queue.clear()
+        self.queue.extend(kept)
+
 
 def plain_values(signature: str, values: Sequence[Any]) -> tuple[Any, ...]:
     """Message values of a signature with every variant replaced by its value.
@@ -177,14 +183,19 @@ class DaemonBus:
         signature: str = "",
         *args: Any,
         timeout: float = CALL_TIMEOUT,
+        auto_start: bool = True,
     ) -> tuple[Any, ...]:
         """Call a method of vpnd and return its reply's values, variants unwrapped.
 
         Variant arguments are given as (signature, value). Raises BusError for
-        an error reply and BusUnreachable when vpnd does not answer.
+        an error reply and BusUnreachable when vpnd does not answer. Without
+        `auto_start`, a vpnd that is not running is not started by D-Bus
+        activation: the call fails at once instead.
         """
         address = DBusAddress(path, bus_name=BUS_NAME, interface=interface)
         message = new_method_call(address, method, signature or None, args)
+        if not auto_start:
+            message.header.flags |= MessageFlag.no_auto_start
         if self.interactive:
             message.header.flags |= MessageFlag.allow_interactive_authorization
             timeout = max(timeout, INTERACTIVE_CALL_TIMEOUT)

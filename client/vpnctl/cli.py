@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
-from vpnctl import render
+from vpnctl import helptext, render
 from vpnctl.contract import (
     CONNECTED,
     CONNECTION_INTERFACE,
@@ -61,6 +61,9 @@ SYSTEM_HELP = (
     "use the system-wide servers (owned by root, used at boot) instead of your own;"
     " needs root or polkit's org.vpnd.manage-system-servers"
 )
+
+# The hidden command the completion scripts call: `vpnctl __complete servers`.
+COMPLETE_COMMAND = "__complete"
 
 _LOCALE_VARIABLES = ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")
 
@@ -170,7 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     def command(
         name: str, handler: Handler, help: str, *, system: bool = False
     ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+        sub = commands.add_parser(
+            name,
+            help=help,
+            description=help[0].upper() + help[1:] + ".",
+            epilog=helptext.epilog(name),
+            formatter_class=helptext.HelpFormatter,
+        )
         sub.set_defaults(handler=handler)
         if system:
             # Also accepted after the command; SUPPRESS keeps a --system given before it.
@@ -286,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("status", _cmd_status, "show the current connection")
     sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep following it, a line (with --json a record) per change, until Ctrl-C",
+    )
 
     sub = command("disconnect", _cmd_disconnect, "disconnect the current connection")
     sub.add_argument(
@@ -597,6 +611,10 @@ def _active_connection(bus: DaemonBus) -> tuple[str, dict[str, Any] | None]:
 
 
 def _cmd_status(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
+    if args.watch:
+        from vpnctl.watch import watch_status
+
+        return watch_status(bus, out, as_json=args.json)
     record = render.status_record(*_active_connection(bus))
     _write(out, render.to_json(record) if args.json else render.render_status(record, time.time()))
     return EXIT_OK
@@ -910,6 +928,12 @@ def failure(error: BaseException, args: argparse.Namespace) -> tuple[int, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """vpnctl's entry point: the exit status; expected failures print one line on stderr."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words[:1] == [COMPLETE_COMMAND]:
+        # For the shell completion scripts; kept out of the parser and of --help.
+        from vpnctl.complete import complete
+
+        return complete(words[1:], sys.stdout)
     args = build_parser().parse_args(argv)
     try:
         from vpnctl.bus import DaemonBus
