@@ -58,6 +58,17 @@ class Settings:
     # each with a .sig), used when discovery_url is "", and its Ed25519 key.
     instance_discovery_url: str = ""
     instance_discovery_key: str = INSTANCE_DISCOVERY_KEY
+    # Connect at start, set by file for fleets: a system-wide server (its URL
+    # or host name) and the profile; this wins over a mark set over D-Bus.
+    autoconnect_server: str = ""
+    autoconnect_profile: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.autoconnect_server) != bool(self.autoconnect_profile):
+            raise InvalidArgument(
+                "autoconnect_server and autoconnect_profile are set together: the server to"
+                " connect at start and its profile"
+            )
 
     @property
     def store_key_path(self) -> Path:
@@ -67,7 +78,16 @@ class Settings:
 
 _PATH_KEYS = {"state_dir", "runtime_dir", "ca_file", "store_key_file"}
 _FLOAT_KEYS = {"http_timeout", "authorization_timeout", "connect_timeout"}
-_STR_KEYS = {"openvpn", "client_id", "log_level", "secret_backend", "openvpn_launcher"}
+_STR_KEYS = {
+    "openvpn",
+    "client_id",
+    "log_level",
+    "secret_backend",
+    "openvpn_launcher",
+    "autoconnect_server",
+    "autoconnect_profile",
+}
+_PROFILE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _DISCOVERY_SETTINGS = {
     "discovery_url",
     "discovery_keys",
@@ -145,6 +165,11 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     if key == "openvpn_launcher" and value not in _LAUNCHERS:
         raise InvalidArgument(
             f"{source}: openvpn_launcher must be one of {', '.join(sorted(_LAUNCHERS))}"
+        )
+    if key == "autoconnect_profile" and not _PROFILE_ID.fullmatch(value):
+        raise InvalidArgument(
+            f"{source}: autoconnect_profile is a profile id: 1 to 64 letters, digits, '.', '_'"
+            " or '-'"
         )
     if key == "secret_backend" and value != "encrypted-file" and not _BACKEND_SPEC.fullmatch(value):
         raise InvalidArgument(

@@ -593,10 +593,9 @@ class Manager:
 
         Without its authorization nothing starts (no browser can open at
         boot): the connection follows the next successful login instead."""
-        marked = [s for s in self.servers_of(SYSTEM_OWNER) if s.record.autoconnect]
-        if not marked:
+        server = self._marked_for_start()
+        if server is None:
             return None
-        server = marked[0]
         if not server.authorized:
             log.warning(
                 "%s should connect at start but its authorization is missing; it connects"
@@ -607,8 +606,31 @@ class Manager:
         self._connect_at_start_if_due(server)
         return server
 
+    def _marked_for_start(self) -> Server | None:
+        """The server to connect at start: the configuration's, else the one marked."""
+        named = self._settings.autoconnect_server
+        if named:
+            try:
+                return self.find_server(SYSTEM_OWNER, named)
+            except VpndError as exc:
+                log.error("autoconnect_server in the configuration: %s", exc.message)
+                return None
+        marked = [s for s in self.servers_of(SYSTEM_OWNER) if s.record.autoconnect]
+        return marked[0] if marked else None
+
+    def _start_profile(self, server: Server) -> str:
+        """The profile `server` connects with at start ("": it does not)."""
+        if server.owner != SYSTEM_OWNER:
+            return ""
+        if self._settings.autoconnect_server:
+            if self._marked_for_start() is not server:
+                return ""
+            return self._settings.autoconnect_profile
+        return server.record.autoconnect
+
     def _connect_at_start_if_due(self, server: Server) -> None:
-        if not server.record.autoconnect or server.owner != SYSTEM_OWNER or not server.authorized:
+        profile = self._start_profile(server)
+        if not profile or not server.authorized:
             return
         if self._servers.get(server.server_id) is not server:
             return
@@ -616,7 +638,7 @@ class Manager:
         if current is not None and not current.machine.finished:
             return
         log.info("connecting %s as it is marked to connect at start", server.url)
-        self.connect(server, server.record.autoconnect, prefer_tcp=False, persistent=True)
+        self.connect(server, profile, prefer_tcp=False, persistent=True)
 
     def connect(
         self, server: Server, profile_id: str, *, prefer_tcp: bool, persistent: bool = False

@@ -49,6 +49,9 @@ def test_file_then_overrides(tmp_path: Path) -> None:
         ('secret_backend = "mod:Class\\n"', "module:Class"),
         ("secret_backend = '../x:Y'", "module:Class"),
         ("secret_backend = 3", "non-empty string"),
+        ("autoconnect_server = 'vpn.example.org'", "set together"),
+        ("autoconnect_profile = 'employees'", "set together"),
+        ("autoconnect_server = 'a'\nautoconnect_profile = 'no spaces'", "profile id"),
     ],
 )
 def test_bad_settings_are_named(tmp_path: Path, text: str, message: str) -> None:
@@ -89,3 +92,13 @@ def test_secret_settings_are_read(tmp_path: Path) -> None:
     settings = config.load(path)
     assert settings.store_key_path == Path("/etc/vpnd/store.key")
     assert settings.secret_backend == "keyring.backends.SecretService:Keyring"
+
+
+def test_the_server_to_connect_at_start_can_be_set_by_file(tmp_path: Path) -> None:
+    path = tmp_path / "vpnd.toml"
+    path.write_text('autoconnect_server = "vpn.example.org"\nautoconnect_profile = "employees"\n')
+    settings = config.load(path)
+    assert (settings.autoconnect_server, settings.autoconnect_profile) == (
+        "vpn.example.org",
+        "employees",
+    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -1028,3 +1028,26 @@ async def test_renew_logs_in_again_and_reconnects_the_same_profile(world: World)
     assert again is not None and again is not connection
     assert (again.profile_id, again.server) == ("employees", server)
     await world.manager.disconnect(again)
+
+
+async def test_the_configuration_names_the_server_to_connect_at_start(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    marked = await world.authorized_server("https://one.example.org/", SYSTEM_OWNER)
+    named = await world.authorized_server("https://two.example.org/", SYSTEM_OWNER)
+    world.manager.set_autoconnect(marked, "employees")
+    world.settings = replace(
+        world.settings, autoconnect_server="two.example.org", autoconnect_profile="staff"
+    )
+    restarted = world.new_manager()
+    restarted.load()
+    server = restarted.connect_at_start()
+    assert server is not None and server.url == named.url
+    connection = restarted.connection
+    assert connection is not None and connection.profile_id == "staff" and connection.persistent
+    await restarted.disconnect(connection)
+    # Stored marks stay as they were: the file decides only while it says so.
+    assert [s.record.autoconnect for s in restarted.servers_of(SYSTEM_OWNER)] == ["employees", ""]
+    world.settings = replace(world.settings, autoconnect_server="nowhere.example.org")
+    again = world.new_manager()
+    again.load()
+    assert again.connect_at_start() is None and again.connection is None
