@@ -275,3 +275,23 @@ def test_a_wedged_event_loop_is_restarted_by_the_watchdog(unit_daemon: UnitDaemo
     finally:
         world.run("rm", "-f", drop_in)
         world.systemctl("daemon-reload")
+
+
+def test_a_server_marked_for_start_connects_when_the_unit_starts(
+    unit_daemon: UnitDaemon, portal: TestPortal, client_env: dict[str, str]
+) -> None:
+    env = unit_daemon.env(client_env)
+    ok(vpnctl(["add", portal.base_url], env))  # root's servers are the system-wide ones
+    ok(vpnctl(["login", portal.host], env))
+    ok(vpnctl(["--system", "autoconnect", portal.host, "--profile", "employees"], env))
+    unit_daemon.world.systemctl("restart", UNIT)
+    # Nobody asks for it: the unit's start connects, and systemd's status says so.
+    unit_daemon.wait_for(lambda: status(env)["state"] == "connected", timeout=30)
+    assert status(env)["profile"] == "employees"
+    unit_daemon.wait_for(
+        lambda: unit_daemon.show(UNIT, "StatusText").startswith("Connected to"), timeout=10
+    )
+    ok(vpnctl(["--system", "autoconnect", portal.host, "--off"], env))
+    unit_daemon.world.systemctl("restart", UNIT)
+    unit_daemon.wait_for(unit_daemon.active, timeout=15)
+    assert status(env)["state"] == "disconnected"
