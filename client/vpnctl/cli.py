@@ -218,7 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("server", metavar="SERVER", help=server_help)
     sub.add_argument(
-        "--no-browser", action="store_true", help="only print the address to open, do not open it"
+        "--no-browser",
+        action="store_true",
+        help="print the address to open on any device, then ask for the address the browser"
+        " ends at (for a machine without a browser)",
     )
     sub.add_argument(
         "--timeout",
@@ -237,7 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("server", metavar="SERVER", help=server_help)
     sub.add_argument(
-        "--no-browser", action="store_true", help="only print the address to open, do not open it"
+        "--no-browser",
+        action="store_true",
+        help="print the address to open on any device, then ask for the address the browser"
+        " ends at (for a machine without a browser)",
     )
     sub.add_argument(
         "--timeout",
@@ -323,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         "where",
         metavar="COUNTRY",
         nargs="?",
-        help="a country code (or a location's URL); \"\" goes back to the home server",
+        help='a country code (or a location\'s URL); "" goes back to the home server',
     )
     sub.add_argument("--server", metavar="SERVER", help="the secure-internet server (if several)")
     sub.add_argument("--json", action="store_true", help="print JSON")
@@ -657,10 +663,24 @@ def _browser_login(
         # When no browser can be started, the address printed above is the way.
         with contextlib.suppress(webbrowser.Error, OSError):
             webbrowser.open(url)
-    if out.isatty():
+    deadline = time.monotonic() + args.timeout
+    if args.no_browser and sys.stdin.isatty():
+        # Headless: the browser runs elsewhere, and its last page (this
+        # machine's loopback address) cannot load there; its address can be
+        # pasted back. An empty line waits for a browser on this machine.
+        _write(
+            out,
+            "After logging in, the browser is sent to an address starting with"
+            " http://127.0.0.1 that fails to load on another device.\n"
+            "Paste that address here (or press Enter to wait):",
+        )
+        out.flush()
+        address = sys.stdin.readline().strip()
+        if address:
+            bus.call(path, SERVER_INTERFACE, "CompleteAuthorization", "s", address)
+    elif out.isatty():
         _write(out, "Waiting for the login to finish (Ctrl-C stops waiting)…")
         out.flush()
-    deadline = time.monotonic() + args.timeout
     try:
         signal = bus.next_signal(finished, deadline)
     except TimeoutError:

@@ -28,7 +28,11 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "login": (
         ("log in in your browser", "vpnctl login vpn.example.org"),
-        ("on a machine without a browser: print the address", "vpnctl login --no-browser vpn"),
+        (
+            "on a machine without a browser: open the printed address on another device, log"
+            " in, and paste back the address that device could not load",
+            "vpnctl login --no-browser vpn",
+        ),
     ),
     "renew": (
         (

@@ -386,6 +386,15 @@ class Manager:
         self._listener.server_changed(server, {"authorization_pending"})
         return pending.url
 
+    def complete_authorization(self, server: Server, address: str) -> None:
+        """Finish the waiting login with the address its browser ended at
+        (headless login: the browser ran on another device). The outcome is
+        reported as for any login (Listener.authorization_finished)."""
+        pending = server._pending
+        if pending is None:
+            raise NotFound(f"no login to {server.host} is waiting for its browser; log in first")
+        pending.deliver(address)
+
     async def renew(self, server: Server, caller: int) -> str:
         """Start a new VPN session: disconnect, release the session, drop the
         credential and log in again (the URL for the browser); the same

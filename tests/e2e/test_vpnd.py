@@ -7,6 +7,7 @@ disconnect, and what must be left behind: nothing.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import signal
@@ -16,9 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab.browser import final_address
 from tests.lab.daemon import VpndProcess, failed, ok, ping, state_files, status, vpnctl
 from tests.lab.netns import OpenVPNLab
+from tests.lab.pki import LabPKI
 from tests.lab.portal import TestPortal
+from tests.lab.terminal import Terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -259,3 +263,32 @@ def test_a_crashed_daemon_leaves_no_tunnel_and_restarts_with_its_servers(
     assert ok(vpnctl(["list", "--json"], logged_in)) == listed
     ok(vpnctl(["connect", portal.host, "--profile", "employees"], logged_in))
     ok(vpnctl(["disconnect"], logged_in))
+
+
+def test_a_headless_login_takes_the_address_the_browser_ended_at(
+    vpnd: VpndProcess, portal: TestPortal, lab_pki: LabPKI, client_env: dict[str, str]
+) -> None:
+    ok(vpnctl(["add", portal.base_url], client_env))
+    env = {**client_env, "BROWSER": "/bin/false"}  # no browser on this machine
+    with Terminal.vpnctl(["login", "--no-browser", portal.host], env) as terminal:
+        url = terminal.expect("/oauth/authorize?").rpartition("\n")[2]
+        url += terminal.expect("\n").strip()
+        terminal.expect("Paste that address here")
+        # On another device: log in; its browser is sent to this machine's loopback.
+        address = final_address(url, ca_file=str(lab_pki.ca_path))
+        assert address.startswith("http://127.0.0.1:")
+        # A forged state is refused as a real callback's would be.
+        forged = re.sub(r"state=[^&]*", "state=forged", address)
+        terminal.send(forged)
+        assert terminal.wait() != 0
+        assert "state" in terminal.output
+    assert json.loads(ok(vpnctl(["list", "--json"], client_env)))[0]["authorized"] is False
+    with Terminal.vpnctl(["login", "--no-browser", portal.host], env) as terminal:
+        url = terminal.expect("/oauth/authorize?").rpartition("\n")[2]
+        url += terminal.expect("\n").strip()
+        terminal.expect("Paste that address here")
+        terminal.send(final_address(url, ca_file=str(lab_pki.ca_path)))
+        terminal.expect("Logged in to")
+        assert terminal.wait() == 0
+    assert portal.token_grants == ["authorization_code"]
+    assert json.loads(ok(vpnctl(["list", "--json"], client_env)))[0]["authorized"] is True

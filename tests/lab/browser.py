@@ -66,12 +66,9 @@ def _is_loopback_http(url: str) -> bool:
         return False
 
 
-def approve(url: str, *, ca_file: str, approve: bool = True, timeout: float = 10) -> str:
-    """Play the user's browser: GET the authorization URL (trusting ca_file), submit the Approve form, follow the 302 to the loopback callback, return the callback page's text.
-
-    A redirect with a fragment (the implicit grant of API v1) is handed on as
-    the callback page's script does: posted back to the page's path.
-    """
+def final_address(url: str, *, ca_file: str, approve: bool = True, timeout: float = 10) -> str:
+    """The browser's part up to the loopback: the address it is finally sent to,
+    without loading it (as a browser on another device, where it fails to load)."""
     context = ssl.create_default_context(cafile=ca_file)
     with httpx.Client(verify=context, timeout=timeout, trust_env=False) as portal:
         response = portal.get(url)
@@ -103,6 +100,16 @@ def approve(url: str, *, ca_file: str, approve: bool = True, timeout: float = 10
             response = portal.get(location)
         else:
             raise BrowserError("too many redirects")
+    return str(location)
+
+
+def approve(url: str, *, ca_file: str, approve: bool = True, timeout: float = 10) -> str:
+    """Play the user's browser: GET the authorization URL (trusting ca_file), submit the Approve form, follow the 302 to the loopback callback, return the callback page's text.
+
+    A redirect with a fragment (the implicit grant of API v1) is handed on as
+    the callback page's script does: posted back to the page's path.
+    """
+    location = final_address(url, ca_file=ca_file, approve=approve, timeout=timeout)
     # The callback is served by the application on the loopback, in plain HTTP.
     # A browser never sends the fragment (the implicit grant's token is there).
     address, _, fragment = location.partition("#")

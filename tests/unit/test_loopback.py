@@ -8,6 +8,7 @@ import os
 import pytest
 
 from vpnd.auth.loopback import LoopbackRedirect
+from vpnd.errors import InvalidArgument
 
 
 async def fetch(port: int, path: str, method: str = "GET") -> tuple[int, str]:
@@ -137,3 +138,33 @@ async def test_a_bad_posted_fragment_is_refused_and_the_listener_waits_on(
     assert await redirect.callback() == "access_token=t"
     redirect.finish(True, "ok")
     assert (await browser)[0] == 200
+
+
+async def test_a_pasted_address_is_the_callback_once() -> None:
+    redirect = LoopbackRedirect()
+    await redirect.open()
+    try:
+        for wrong in (
+            "https://evil.example/callback?code=x",
+            f"http://127.0.0.1:{redirect.port + 1}/callback?code=x",
+            f"http://127.0.0.1:{redirect.port}/other?code=x",
+            "",
+        ):
+            with pytest.raises(InvalidArgument, match="not the address"):
+                redirect.deliver(wrong)
+        redirect.deliver(f"  {redirect.redirect_uri}?code=abc&state=s1\n")
+        assert await redirect.callback() == "code=abc&state=s1"
+        with pytest.raises(InvalidArgument, match="already"):
+            redirect.deliver(f"{redirect.redirect_uri}?code=again&state=s1")
+    finally:
+        redirect.close()
+
+
+async def test_a_pasted_address_of_the_implicit_grant_carries_its_fragment() -> None:
+    redirect = LoopbackRedirect(fragment_page="<html></html>")
+    await redirect.open()
+    try:
+        redirect.deliver(f"{redirect.redirect_uri}#access_token=t&state=s2")
+        assert await redirect.callback() == "access_token=t&state=s2"
+    finally:
+        redirect.close()

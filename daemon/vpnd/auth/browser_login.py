@@ -102,6 +102,10 @@ class BrowserAuthorization:
             True, f"vpnd is now authorized for {host}. You can close this window."
         )
 
+    def deliver(self, address: str) -> None:
+        """The browser's final address, pasted by the user (headless login)."""
+        self._redirect.deliver(address)
+
     def close(self) -> None:
         """Stop listening (idempotent)."""
         self._redirect.close()

@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 
 from vpnd.auth.peer import MAX_TABLE, socket_owner
+from vpnd.errors import InvalidArgument
 
 log = logging.getLogger("vpnd.auth")
 
@@ -69,6 +70,27 @@ class LoopbackRedirect:
         """The query string of the first /callback request (the posted fragment, with a
         fragment page)."""
         return await asyncio.shield(self._query)
+
+    def deliver(self, address: str) -> None:
+        """Take the callback as an address pasted by the user (headless login:
+        the browser ran on another device, where the loopback address does
+        not load). It must be this redirect's own address; it is then checked
+        exactly as a callback the browser delivers. InvalidArgument otherwise."""
+        address = address.strip()
+        base, _, fragment = address.partition("#")
+        target, _, query = base.partition("?")
+        if target != self.redirect_uri or len(address) > _MAX_HEAD:
+            raise InvalidArgument(
+                "that is not the address this login sends the browser back to"
+                f" ({self.redirect_uri}?…); paste the address from the browser's address bar"
+            )
+        if self._fragment_page is not None:
+            query = fragment  # the implicit grant's answer is in the fragment
+        if self._query.done():
+            raise InvalidArgument("this login was already completed or cancelled; log in again")
+        self._query.set_result(query)
+        # Nobody waits on the loopback for the outcome page.
+        self.finish(True, "")
 
     def finish(self, ok: bool, message: str) -> None:
         """Tell the waiting browser request how the authorization ended."""

@@ -244,6 +244,11 @@ class ServerObject(BusObject):
         await self._frontend.gate.require(call, self.owner, polkit.MANAGE_OWN_SERVERS)
         return await self._frontend.manager.authorize(self.server, call.uid)
 
+    async def CompleteAuthorization(self, call: Call, address: str) -> None:
+        address = validate.text(address, "address", limit=8192)
+        await self._frontend.gate.require(call, self.owner, polkit.MANAGE_OWN_SERVERS)
+        self._frontend.manager.complete_authorization(self.server, address)
+
     async def Renew(self, call: Call) -> str:
         await self._frontend.gate.require(call, self.owner, polkit.MANAGE_OWN_SERVERS)
         return await self._frontend.manager.renew(self.server, call.uid)

@@ -139,6 +139,7 @@ SERVER = Interface(
     methods=(
         Method("Authorize", (), (("url", "s"),)),
         Method("Renew", (), (("url", "s"),)),
+        Method("CompleteAuthorization", (("address", "s"),)),
         Method("GetProfiles", (("locale", "s"),), (("profiles", "aa{sv}"),)),
         Method("GetMessages", (("locale", "s"),), (("messages", "aa{sv}"),)),
         Method("SignIn", (("fields", "a{ss}"),), (("next", "a{sv}"),)),

@@ -125,6 +125,11 @@ class PendingAuthorization(Protocol):
         """Wait for the browser, obtain the credential and keep it; raises VpndError."""
         ...
 
+    def deliver(self, address: str) -> None:
+        """The address the browser was finally sent to, pasted by the user
+        (headless login); checked as the browser's own callback would be."""
+        ...
+
     def close(self) -> None:
         """Stop waiting (idempotent)."""
         ...
