@@ -99,6 +99,20 @@ def _wait_state(conn: DBusConnection, path: str, wanted: set[str], timeout: floa
     return state
 
 
+def _error_message(conn: DBusConnection, path: str) -> str:
+    """The connection's ErrorMessage, read once it has ended."""
+    reply = conn.send_and_get_reply(
+        new_method_call(
+            DBusAddress(path, DEST, "org.freedesktop.DBus.Properties"),
+            "Get",
+            "ss",
+            ("org.vpnd.Connection1", "ErrorMessage"),
+        ),
+        timeout=10,
+    )
+    return str(reply.body[0][1])
+
+
 def vpnd_connect_instants(
     conn: DBusConnection, server_path: str, profile: str = "employees"
 ) -> tuple[float, float]:
@@ -132,7 +146,10 @@ def vpnd_connect_instants(
                     connected = time.monotonic()
                     break
                 if state in ("failed", "disconnected"):
-                    raise RuntimeError(f"connect ended {state}")
+                    reason = changed.get("ErrorMessage", ("s", ""))[1] or _error_message(
+                        conn, path
+                    )
+                    raise RuntimeError(f"connect ended {state}: {reason}")
     conn.send_and_get_reply(
         new_method_call(DBusAddress(ROOT, DEST, "org.vpnd.Manager1"), "Disconnect"), timeout=30
     )
