@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from tests.lab.netns import DATA_CIPHERS, OpenVPNLab, Remote, build_client_config
 from tests.lab.pki import KeyType, LabPKI
 from tests.lab.require import require_account, require_root, require_tool
-from vpnd.errors import CredentialsRejected, InvalidArgument, TunnelFailed
+from vpnd.errors import InvalidArgument, TunnelFailed
 from vpnd.protocols.ovpnconfig import inline_block, sanitize, without
 from vpnd.tunnel.events import Progress, PromptEvent, Traffic, TunnelEvent, TunnelExited, Up
 from vpnd.tunnel.openvpn import DEFAULT_USER, Tunnel, TunnelSettings
@@ -768,12 +768,12 @@ async def test_handshake_config_and_authentication_failure(
         "hold off",
         "hold release",
     ]
-    # openvpn exits by itself, or vpnd ends it on the refusal: whichever is first.
-    assert exited.returncode in (0, -signal.SIGTERM)
+    # One refusal of a connection that answered nothing may be in passing:
+    # openvpn's own exit on it tells how it ended.
+    assert exited.returncode == 0
     assert not exited.requested
     assert exited.reason == "authentication failed"
-    assert isinstance(exited.error, CredentialsRejected)
-    assert exited.error.message == "the server refused the connection"
+    assert exited.error is None
     # EXITING is not passed on: the exit itself says how it ended.
     assert [e.step for e in recorder.events if isinstance(e, Progress)] == ["AUTH"]
     assert_nothing_left(tunnel, runtime_dir)

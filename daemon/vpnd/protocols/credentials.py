@@ -152,6 +152,7 @@ class Dialog:
         self._challenge: _Pending | None = None  # a CRV1 waiting for openvpn's next request
         self._pending: _Pending | None = None
         self._last_how = ""  # how the last answer was made, to word a refusal
+        self._refusals = 0  # refusals of a connection that answered nothing
 
     @property
     def question(self) -> Question | None:
@@ -265,9 +266,16 @@ class Dialog:
         why = _clean(reason or "", 200)
         if self._answered or self._kept_used:
             message = _REFUSED.get(self._last_how, "the server refused the user name or password")
-        else:
-            message = "the server refused the connection"
-        return Refusal(LoginRefused(message + (f": {why}" if why else "")))
+            return Refusal(LoginRefused(message + (f": {why}" if why else "")))
+        # Nothing was asked or answered (a client certificate alone): a server
+        # may refuse one attempt in passing (openvpn then tries again by
+        # itself); refused twice, it means it.
+        self._refusals += 1
+        if self._refusals < 2:
+            return None
+        return Refusal(
+            LoginRefused("the server refused the connection" + (f": {why}" if why else ""))
+        )
 
     def on_info(self, text: str) -> Question | Refusal | None:
         """Take an `>INFOMSG:` text: a web login or a text challenge, else None."""
