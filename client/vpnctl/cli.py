@@ -217,19 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         "login", _cmd_login, "authorize vpnd to use a server, in your browser", system=True
     )
     sub.add_argument("server", metavar="SERVER", help=server_help)
-    sub.add_argument(
-        "--no-browser",
-        action="store_true",
-        help="print the address to open on any device, then ask for the address the browser"
-        " ends at (for a machine without a browser)",
-    )
-    sub.add_argument(
-        "--timeout",
-        type=_timeout,
-        default=LOGIN_TIMEOUT,
-        metavar="SECONDS",
-        help=f"how long to wait for the login to finish (default {LOGIN_TIMEOUT:g})",
-    )
+    _browser_login_arguments(sub)
     _sign_in_arguments(sub)
 
     sub = command(
@@ -239,19 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         system=True,
     )
     sub.add_argument("server", metavar="SERVER", help=server_help)
-    sub.add_argument(
-        "--no-browser",
-        action="store_true",
-        help="print the address to open on any device, then ask for the address the browser"
-        " ends at (for a machine without a browser)",
-    )
-    sub.add_argument(
-        "--timeout",
-        type=_timeout,
-        default=LOGIN_TIMEOUT,
-        metavar="SECONDS",
-        help=f"how long to wait for the login to finish (default {LOGIN_TIMEOUT:g})",
-    )
+    _browser_login_arguments(sub)
 
     sub = command("profiles", _cmd_profiles, "list the VPN profiles a server offers", system=True)
     sub.add_argument("server", metavar="SERVER", help=server_help)
@@ -390,6 +366,22 @@ def _find_server(bus: DaemonBus, args: argparse.Namespace) -> str:
 
 def _write(out: IO[str], text: str) -> None:
     out.write(text + "\n")
+
+
+def _browser_login_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--no-browser",
+        action="store_true",
+        help="print the address to open on any device, then ask for the address the browser"
+        " ends at (for a machine without a browser)",
+    )
+    sub.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=LOGIN_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long to wait for the login to finish (default {LOGIN_TIMEOUT:g})",
+    )
 
 
 def _sign_in_arguments(sub: argparse.ArgumentParser) -> None:
