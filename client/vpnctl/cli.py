@@ -456,7 +456,9 @@ def _cmd_add(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
             MANAGER_PATH, MANAGER_INTERFACE, "AddServerWithOptions", "sa{sv}", "", options
         )
         properties = bus.get_all(path, SERVER_INTERFACE)
-        _write(out, f"Added {properties.get('Url')} (secure internet for {args.org})")
+        name = properties.get("DisplayName") or args.org
+        _write(out, f"Added {properties.get('Url')} (secure internet for {name})")
+        _support(properties, out)
         system = "--system " if args.system else ""
         _write(out, f"Log in with: vpnctl {system}login {properties.get('Host')}")
         return EXIT_OK
@@ -476,7 +478,9 @@ def _cmd_add(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
     method = "AddSystemServer" if args.system else "AddServer"
     (path,) = bus.call(MANAGER_PATH, MANAGER_INTERFACE, method, "s", args.url)
     properties = bus.get_all(path, SERVER_INTERFACE)
-    _write(out, f"Added {properties.get('Url', args.url)}")
+    name = properties.get("DisplayName")
+    _write(out, f"Added {properties.get('Url', args.url)}" + (f" ({name})" if name else ""))
+    _support(properties, out)
     system = "--system " if args.system else ""
     _write(out, f"Log in with: vpnctl {system}login {properties.get('Host') or args.url}")
     return EXIT_OK
@@ -529,6 +533,13 @@ def _cmd_location(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int
         name = record["display_name"] or record["base_url"]
         _write(out, f"{mark} {record['country_code'] or '--':<3} {name}  {record['base_url']}")
     return EXIT_OK
+
+
+def _support(properties: Mapping[str, Any], out: IO[str]) -> None:
+    """The support contacts the discovery list gives, if any."""
+    contacts = [str(c) for c in properties.get("SupportContact", ())]
+    if contacts:
+        _write(out, "Support: " + ", ".join(contacts))
 
 
 def _cmd_remove(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:

@@ -206,6 +206,8 @@ def server_records(servers: Mapping[str, Mapping[str, Any]]) -> list[dict[str, A
                 "session_expiry": expiry,
                 "session_expiry_iso": iso_utc(expiry),
                 "autoconnect": _text_or_none(properties.get("Autoconnect")),
+                "display_name": _text_or_none(properties.get("DisplayName")),
+                "support_contact": [str(c) for c in properties.get("SupportContact", ())],
             }
         )
     records.sort(key=lambda record: (record["url"], record["object_path"]))

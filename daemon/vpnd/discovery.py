@@ -539,6 +539,22 @@ class Discovery:
         return DiscoveryResult(hits=hits, lists=lists)
 
 
+    def listed(self, base_url: str, org_id: str = "") -> DiscoveredServer | Organization | None:
+        """What the kept lists say of a server (or, with `org_id`, of the
+        organization it was added for), without fetching or waiting: None
+        when no kept list names it."""
+        for state in self._lists.values():
+            parsed = state.copy.parsed if state.copy is not None else None
+            if org_id and isinstance(parsed, OrganizationList):
+                for organization in parsed.organizations:
+                    if organization.org_id == org_id:
+                        return organization
+            if not org_id and isinstance(parsed, ServerList | InstanceList):
+                for server in parsed.servers:
+                    if server.base_url == base_url:
+                        return server
+        return None
+
     async def _all(self, kind: str) -> list[DiscoveredServer | Organization]:
         """Every entry of one kind, as the lists hold them."""
         result = await self.search("", kinds=[kind], limit=_EVERYTHING)

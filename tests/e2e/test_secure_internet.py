@@ -58,6 +58,7 @@ def lists(
             "authentication_url_template": (
                 f"{home.base_url}_saml/login?ReturnTo=@RETURN_TO@&IdP=@ORG_ID@"
             ),
+            "support_contact": ["mailto:help@home.example"],
         },
         {
             "server_type": "secure_internet",
@@ -110,9 +111,12 @@ def test_one_login_at_home_serves_every_location(
     client_env: dict[str, str],
 ) -> None:
     home, away = federation
-    ok(vpnctl(["add", "--org", ORG], client_env))
+    added = ok(vpnctl(["add", "--org", ORG], client_env))
+    assert "The University" in added and "Support: mailto:help@home.example" in added
     [server] = json.loads(ok(vpnctl(["list", "--json"], client_env)))
     assert server["url"] == home.base_url and server["kind"] == "secure-internet"
+    assert server["display_name"] == "The University"
+    assert server["support_contact"] == ["mailto:help@home.example"]
     # The login goes through the home server's shortcut for this organization.
     ok(vpnctl(["login", home.host + f":{home.port}"], client_env))
     assert home.shortcut_logins == [ORG]

@@ -529,6 +529,8 @@ def test_server_records_sorted_with_unix_and_iso_times() -> None:
         "session_expiry": NOW + 2 * 86400,
         "session_expiry_iso": "2023-11-16T22:13:20Z",
         "autoconnect": None,
+        "display_name": None,
+        "support_contact": [],
     }
     assert records[1]["session_expiry"] is None
     assert records[1]["session_expiry_iso"] is None

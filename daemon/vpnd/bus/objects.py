@@ -29,6 +29,8 @@ from vpnd.bus.router import BusObject, Router
 from vpnd.discovery import DISCOVERY_FIELDS, Discovery, DiscoveryDisabled, discovery_records
 from vpnd.errors import NotAuthorized, NotFound, VpndError
 from vpnd.manager import Connection, Manager, Server
+from vpnd.protocols import lang
+from vpnd.protocols.discovery import DiscoveredServer
 
 log = logging.getLogger("vpnd.bus")
 
@@ -106,11 +108,28 @@ def prompt_properties(connection: Connection) -> dict[str, Variant]:
     }
 
 
-def _server_map(servers: list[Server]) -> dict[str, dict[str, Variant]]:
+def listed_properties(frontend: BusFrontend, server: Server) -> dict[str, Any]:
+    """DisplayName and SupportContact: what the kept discovery lists say of the
+    server (of its organization, for secure internet); "" and [] when nothing."""
+    discovery = frontend.discovery
+    if discovery is None:
+        return {"DisplayName": "", "SupportContact": []}
+    listed = discovery.listed(server.url)
+    organization = (
+        discovery.listed(server.url, server.record.org_id) if server.record.org_id else None
+    )
+    named = organization or listed
+    name = lang.choose(named.display_name, ()) if named is not None else ""
+    contacts = list(listed.support_contact) if isinstance(listed, DiscoveredServer) else []
+    return {"DisplayName": name, "SupportContact": contacts}
+
+
+def _server_map(frontend: BusFrontend, servers: list[Server]) -> dict[str, dict[str, Variant]]:
     signatures = spec.SERVER.properties
     return {
         server_path(s): {
-            name: Variant(signatures[name], value) for name, value in server_properties(s).items()
+            name: Variant(signatures[name], value)
+            for name, value in {**server_properties(s), **listed_properties(frontend, s)}.items()
         }
         for s in servers
     }
@@ -178,11 +197,11 @@ class ManagerObject(BusObject):
 
     async def ListServers(self, call: Call) -> dict[str, dict[str, Variant]]:
         await self._gate.require(call, call.uid)
-        return _server_map(self._manager.servers_of(call.uid))
+        return _server_map(self._frontend, self._manager.servers_of(call.uid))
 
     async def ListSystemServers(self, call: Call) -> dict[str, dict[str, Variant]]:
         await self._gate.require(call, SYSTEM_OWNER)
-        return _server_map(self._manager.servers_of(SYSTEM_OWNER))
+        return _server_map(self._frontend, self._manager.servers_of(SYSTEM_OWNER))
 
     async def Disconnect(self, call: Call) -> None:
         connection = self._manager.connection
@@ -322,7 +341,7 @@ class ServerObject(BusObject):
         self._frontend.manager.set_autoconnect(self.server, profile_id)
 
     async def properties(self, call: Call) -> dict[str, Any]:
-        return server_properties(self.server)
+        return {**server_properties(self.server), **listed_properties(self._frontend, self.server)}
 
 
 class ConnectionObject(BusObject):

@@ -111,6 +111,8 @@ _SERVER_PROPERTIES = {
     "Autoconnect": "s",
     "OrgId": "s",
     "Location": "s",
+    "DisplayName": "s",
+    "SupportContact": "as",
 }
 
 MANAGER = Interface(
