@@ -223,6 +223,13 @@ class Listener(Protocol):
 EXPIRY_NOTICES = (4 * 3600, 2 * 3600, 3600)
 #: A renewal is refused for a session younger than this (seconds), as eduVPN's clients do.
 RENEW_AFTER = 30 * 60
+#: Seconds a tunnel over UDP may take to come up before vpnd asks for TCP
+#: instead: the eduVPN clients' rule for networks that block UDP.
+UDP_GRACE = 10.0
+
+
+class _NoAnswerOverUdp(TunnelFailed):
+    """Nothing came back over UDP in time: the network may block it."""
 
 
 class Manager:
@@ -236,9 +243,11 @@ class Manager:
         tunnel_factory: TunnelFactory,
         listener: Listener,
         backoff: Backoff | None = None,
+        udp_grace: float = UDP_GRACE,
     ) -> None:
         self._settings = settings
         self._backoff = backoff or Backoff()
+        self._udp_grace = udp_grace
         self._store = store
         self._families = families
         self._tunnel_factory = tunnel_factory
@@ -690,6 +699,9 @@ class Manager:
                 await self._attempt(connection, failures)
                 failures = 0
                 error = await self._until_lost(connection)
+            except _NoAnswerOverUdp as exc:
+                await self._switch_to_tcp(connection, exc)
+                continue
             except VpndError as exc:
                 error = exc
             except asyncio.CancelledError:
@@ -745,7 +757,19 @@ class Manager:
             self._move(connection, Event.CONFIG_READY)
         await tunnel.start()
         connection.steps.step("openvpn started and released from its hold")
-        await self._until_settled(connection)
+        await self._until_settled(connection, None if connection.prefer_tcp else self._udp_grace)
+
+    async def _switch_to_tcp(self, connection: Connection, error: VpndError) -> None:
+        """Ask for a configuration that prefers TCP and start again, saying why."""
+        log.warning("connection %d: %s", connection.conn_id, error.message)
+        connection.prefer_tcp = True
+        await self._teardown(connection)
+        if connection.question is not None:
+            self._on_prompt(connection, None)
+        connection.detail = error.message
+        self._listener.connection_changed(connection, {"detail"})
+        self._move(connection, Event.RETRY)
+        connection.settled.clear()
 
     async def _until_lost(self, connection: Connection) -> VpndError:
         """Wait while the tunnel is up; the error it ended with."""
@@ -787,11 +811,15 @@ class Manager:
         connection.settled.clear()
         await asyncio.sleep(delay)
 
-    async def _until_settled(self, connection: Connection) -> None:
+    async def _until_settled(self, connection: Connection, udp_grace: float | None = None) -> None:
         """Wait until the tunnel is up or the attempt ended, within the connect
-        timeout; time spent waiting for a person's answer does not count."""
+        timeout; time spent waiting for a person's answer does not count.
+
+        With `udp_grace`, _NoAnswerOverUdp when the tunnel is not up after
+        that many seconds (and the connect timeout has not run out first)."""
         loop = asyncio.get_running_loop()
         remaining = self._settings.connect_timeout
+        spent = 0.0
         while not connection.settled.is_set():
             if connection.exit_error is not None:
                 raise connection.exit_error
@@ -800,15 +828,21 @@ class Manager:
                 await connection.waking.wait()
                 continue
             started = loop.time()
+            grace_left = udp_grace - spent if udp_grace is not None else remaining
             try:
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(min(remaining, grace_left)):
                     await connection.waking.wait()
             except TimeoutError:
+                if grace_left < remaining:
+                    raise _NoAnswerOverUdp(
+                        f"no answer over UDP within {udp_grace:g} seconds; trying TCP"
+                    ) from None
                 raise TunnelFailed(
                     f"the tunnel did not come up within {self._settings.connect_timeout:g} seconds"
                     f" (openvpn's last step: {connection.detail or 'none'})"
                 ) from None
             remaining -= loop.time() - started
+            spent += loop.time() - started
 
     async def _obtain(self, connection: Connection) -> tuple[Endpoints, Connectable]:
         """The server's endpoints and a configuration from them.

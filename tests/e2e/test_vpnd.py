@@ -200,6 +200,29 @@ def test_a_session_that_ends_disconnects_with_that_reason(
     assert portal.disconnect_calls == 1
 
 
+def test_no_answer_over_udp_falls_back_to_tcp(
+    vpnd: VpndProcess, portal: TestPortal, openvpn_lab: OpenVPNLab, logged_in: dict[str, str]
+) -> None:
+    served: list[str] = []
+
+    def udp_goes_nowhere(text: str) -> str:
+        served.append(text)
+        if len(served) > 1:
+            return text
+        # The first configuration: a UDP remote that never answers, and no other.
+        text = re.sub(r"(?m)^remote .* tcp\n", "", text)
+        return re.sub(r"(?m)^remote (\S+) \d+ udp$", r"remote \1 9 udp", text)
+
+    portal.config_filter = udp_goes_nowhere
+    ok(vpnctl(["connect", portal.host, "--profile", "employees"], logged_in))
+    assert [call["prefer_tcp"] for call in portal.connect_calls] == ["no", "yes"]
+    now = status(logged_in)
+    assert now["state"] == "connected"
+    assert now["remote"].endswith(f":{openvpn_lab.tcp_port}")
+    assert ping(openvpn_lab.tunnel_gateway_tcp)
+    ok(vpnctl(["disconnect"], logged_in))
+
+
 def test_disconnect_while_connecting(
     vpnd: VpndProcess, portal: TestPortal, openvpn_lab: OpenVPNLab, logged_in: dict[str, str]
 ) -> None:

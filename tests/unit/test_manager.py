@@ -268,8 +268,10 @@ class World:
         *,
         connect_timeout: float = 60.0,
         backoff: Backoff = Backoff(first=0.01, most=0.04),  # noqa: B008 (frozen)
+        udp_grace: float = 10.0,
     ) -> None:
         self.backoff = backoff
+        self.udp_grace = udp_grace
         self.settings = Settings(
             state_dir=tmp_path / "state",
             runtime_dir=tmp_path / "run",
@@ -293,7 +295,13 @@ class World:
             ]
         )
         return Manager(
-            self.settings, self.store, families, self.tunnel, self.listener, self.backoff
+            self.settings,
+            self.store,
+            families,
+            self.tunnel,
+            self.listener,
+            self.backoff,
+            self.udp_grace,
         )
 
     def tunnel(
@@ -1051,3 +1059,26 @@ async def test_the_configuration_names_the_server_to_connect_at_start(tmp_path: 
     again = world.new_manager()
     again.load()
     assert again.connect_at_start() is None and again.connection is None
+
+
+async def test_no_answer_over_udp_asks_for_tcp_and_says_so(tmp_path: Path) -> None:
+    world = World(tmp_path, udp_grace=0.05)
+    server = await world.authorized_server()
+    connection = world.manager.connect(server, "employees", prefer_tcp=False)
+    await settled_tunnel(world, connection)
+    first = world.tunnels[-1]
+    world.tunnels[-1].emit(Progress("WAIT"))
+    await until(lambda: len(world.tunnels) == 2 and world.tunnels[-1].started)
+    assert first.stopped
+    assert connection.state is State.RECONNECTING and "UDP" in connection.detail
+    obtains = [call for call, _token in world.v3.calls if call.startswith("obtain")]
+    assert obtains == ["obtain employees tcp=False", "obtain employees tcp=True"]
+    world.tunnels[-1].emit(Up("10.8.0.2", "", "198.51.100.1", "443"))
+    assert connection.state is State.CONNECTED and connection.remote.endswith(":443")
+    await world.manager.disconnect(connection)
+    # Asked for TCP from the start, there is nothing to fall back to.
+    again = world.manager.connect(server, "employees", prefer_tcp=True)
+    await settled_tunnel(world, again)
+    await asyncio.sleep(0.15)
+    assert again.state is State.CONNECTING and len(world.tunnels) == 3
+    await world.manager.disconnect(again)
