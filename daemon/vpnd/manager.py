@@ -232,6 +232,10 @@ class _NoAnswerOverUdp(TunnelFailed):
     """Nothing came back over UDP in time: the network may block it."""
 
 
+class _StartOver(TunnelFailed):
+    """The tunnel is to be made again at once (the machine woke from sleep)."""
+
+
 class Manager:
     """Servers, authorizations and the connection, for every owner."""
 
@@ -699,8 +703,12 @@ class Manager:
                 await self._attempt(connection, failures)
                 failures = 0
                 error = await self._until_lost(connection)
+                if isinstance(error, _StartOver):
+                    await self._start_over(connection, error)
+                    continue
             except _NoAnswerOverUdp as exc:
-                await self._switch_to_tcp(connection, exc)
+                connection.prefer_tcp = True
+                await self._start_over(connection, exc)
                 continue
             except VpndError as exc:
                 error = exc
@@ -759,10 +767,18 @@ class Manager:
         connection.steps.step("openvpn started and released from its hold")
         await self._until_settled(connection, None if connection.prefer_tcp else self._udp_grace)
 
-    async def _switch_to_tcp(self, connection: Connection, error: VpndError) -> None:
-        """Ask for a configuration that prefers TCP and start again, saying why."""
+    def woke(self) -> None:
+        """The machine woke from sleep: a tunnel that was up is made again at
+        once instead of waiting for openvpn's ping timeout to notice."""
+        connection = self.connection
+        if connection is None or connection.state not in (State.CONNECTED, State.RECONNECTING):
+            return
+        connection.exit_error = _StartOver("the machine woke from sleep; connecting again")
+        connection.waking.set()
+
+    async def _start_over(self, connection: Connection, error: VpndError) -> None:
+        """Tear the tunnel down and start again at once (no pause), saying why."""
         log.warning("connection %d: %s", connection.conn_id, error.message)
-        connection.prefer_tcp = True
         await self._teardown(connection)
         if connection.question is not None:
             self._on_prompt(connection, None)

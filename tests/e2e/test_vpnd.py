@@ -16,9 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
+from jeepney import DBusAddress, HeaderFields, message_bus, new_signal
+from jeepney.io.blocking import DBusConnection, open_dbus_connection
 
 from tests.lab.browser import final_address
 from tests.lab.daemon import VpndProcess, failed, ok, ping, state_files, status, vpnctl
+from tests.lab.dbus import PrivateSystemBus
 from tests.lab.netns import OpenVPNLab
 from tests.lab.pki import LabPKI
 from tests.lab.portal import TestPortal
@@ -315,3 +318,60 @@ def test_a_headless_login_takes_the_address_the_browser_ended_at(
         assert terminal.wait() == 0
     assert portal.token_grants == ["authorization_code"]
     assert json.loads(ok(vpnctl(["list", "--json"], client_env)))[0]["authorized"] is True
+
+
+LOGIND_POLICY = '<policy user="root"><allow own="org.freedesktop.login1"/></policy>'
+
+
+def wake_up(connection: DBusConnection, to: str | None = None) -> None:
+    """logind's PrepareForSleep(false), sent from `connection` (only `to`, if given)."""
+    where = DBusAddress("/org/freedesktop/login1", interface="org.freedesktop.login1.Manager")
+    signal = new_signal(where, "PrepareForSleep", "b", (False,))
+    if to is not None:
+        signal.header.fields[HeaderFields.destination] = to
+    connection.send(signal)
+
+
+def test_waking_from_sleep_makes_the_tunnel_again_at_once(
+    tmp_path: Path,
+    lab_pki: LabPKI,
+    portal: TestPortal,
+    openvpn_lab: OpenVPNLab,
+    client_env: dict[str, str],
+) -> None:
+    # A bus of its own, where this test may play logind.
+    with PrivateSystemBus(tmp_path / "bus", extra_policy=LOGIND_POLICY) as bus:
+        env = {**client_env, "DBUS_SYSTEM_BUS_ADDRESS": bus.address}
+        daemon = VpndProcess(tmp_path / "vpnd", bus.env({}), ca_file=lab_pki.ca_path)
+        daemon.start()
+        try:
+            ok(vpnctl(["add", portal.base_url], env))
+            ok(vpnctl(["login", portal.host], env))
+            ok(vpnctl(["connect", portal.host, "--profile", "employees"], env))
+            [before] = openvpn_children(daemon)
+            with (
+                open_dbus_connection(bus=bus.address) as someone,
+                open_dbus_connection(bus=bus.address) as logind,
+            ):
+                # Only logind's signal counts: one from anyone else, broadcast or
+                # sent to vpnd (which root may), changes nothing.
+                wake_up(someone)
+                wake_up(someone, to="org.vpnd.Daemon")
+                logind.send_and_get_reply(message_bus.RequestName("org.freedesktop.login1"))
+                time.sleep(1)
+                assert openvpn_children(daemon) == [before]
+                assert "does not come from logind" in daemon.log()
+                wake_up(logind)
+                deadline = time.monotonic() + 30
+                while not ((now := openvpn_children(daemon)) and now != [before]):
+                    assert time.monotonic() < deadline, daemon.log()[-3000:]
+                    time.sleep(0.1)
+            deadline = time.monotonic() + 30
+            while status(env)["state"] != "connected":
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert "woke from sleep" in daemon.log()
+            assert ping(openvpn_lab.tunnel_gateway_udp)
+            ok(vpnctl(["disconnect"], env))
+        finally:
+            assert daemon.stop() == 0, daemon.log()

@@ -26,6 +26,7 @@ from vpnd.bus import polkit, spec, validate
 from vpnd.bus.access import NOT_YOURS, Gate
 from vpnd.bus.caller import SYSTEM_OWNER, Call, Callers
 from vpnd.bus.router import BusObject, Router
+from vpnd.bus.sleep import SleepWatch
 from vpnd.discovery import DISCOVERY_FIELDS, Discovery, DiscoveryDisabled, discovery_records
 from vpnd.errors import NotAuthorized, NotFound, VpndError
 from vpnd.manager import Connection, Manager, Server
@@ -407,6 +408,7 @@ class BusFrontend:
         self._root = ManagerObject(self)
         # Who owned the connection ActiveConnection last pointed at.
         self._active_owner: int | None = None
+        self._sleep: SleepWatch | None = None
         # The discovery lists Manager1.Discover searches (the service sets them).
         self.discovery: Discovery | None = None
 
@@ -419,6 +421,8 @@ class BusFrontend:
     def attach(self, manager: Manager) -> None:
         """Serve `manager`: take method calls and publish the root object."""
         self._manager = manager
+        self._sleep = SleepWatch(self.bus, manager.woke)
+        self._sleep.watch()
         self.callers.watch()
         self.router.install()
         self.router.add(self._root)
@@ -431,6 +435,8 @@ class BusFrontend:
         """
         self.bus = bus
         self.callers.rebind(bus, same_daemon=same_daemon)
+        if self._sleep is not None:
+            self._sleep.rebind(bus)
         self._authority.rebind(bus)
         self.router.rebind(bus)
 
