@@ -704,9 +704,11 @@ class Manager:
                 failures = 0
                 error = await self._until_lost(connection)
                 if isinstance(error, _StartOver):
+                    log.warning("connection %d: %s", connection.conn_id, error.message)
                     await self._start_over(connection, error)
                     continue
             except _NoAnswerOverUdp as exc:
+                log.warning("connection %d: %s", connection.conn_id, exc.message)
                 connection.prefer_tcp = True
                 await self._start_over(connection, exc)
                 continue
@@ -777,11 +779,11 @@ class Manager:
         connection.waking.set()
 
     async def _start_over(self, connection: Connection, error: VpndError) -> None:
-        """Tear the tunnel down and start again at once (no pause), saying why."""
-        log.warning("connection %d: %s", connection.conn_id, error.message)
+        """Tear down what is left of the tunnel and make the state say that
+        another is coming and why (`error`); the caller starts it."""
         await self._teardown(connection)
         if connection.question is not None:
-            self._on_prompt(connection, None)
+            self._on_prompt(connection, None)  # the tunnel that asked is gone
         connection.detail = error.message
         self._listener.connection_changed(connection, {"detail"})
         self._move(connection, Event.RETRY)
@@ -809,8 +811,8 @@ class Manager:
     async def _wait_to_reconnect(
         self, connection: Connection, error: VpndError, failures: int
     ) -> None:
-        """Tear down what is left, say why in the state, and wait before the next try."""
-        await self._teardown(connection)
+        """Start over as _start_over does, after a pause that grows with `failures`."""
+        await self._start_over(connection, error)
         delay = self._backoff.delay(failures)
         log.warning(
             "connection %d lost (%s); trying again in %.1f s (try %d)",
@@ -819,12 +821,6 @@ class Manager:
             delay,
             failures,
         )
-        if connection.question is not None:
-            self._on_prompt(connection, None)  # the tunnel that asked is gone
-        connection.detail = error.message
-        self._listener.connection_changed(connection, {"detail"})
-        self._move(connection, Event.RETRY)
-        connection.settled.clear()
         await asyncio.sleep(delay)
 
     async def _until_settled(self, connection: Connection, udp_grace: float | None = None) -> None:
