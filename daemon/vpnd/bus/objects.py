@@ -171,10 +171,7 @@ class ManagerObject(BusObject):
         await self._gate.require(call, owner, polkit.MANAGE_OWN_SERVERS)
         if org_id:
             # Secure internet: the organization's home server, from the signed list.
-            discovery = self._frontend.discovery
-            if discovery is None:
-                raise DiscoveryDisabled("this daemon does not read discovery lists")
-            organization = await discovery.organization(org_id)
+            organization = await self._frontend.lists().organization(org_id)
             url, kind = organization.secure_internet_home, "secure-internet"
         return server_path(await self._manager.add_server(owner, url, kind, org_id=org_id))
 
@@ -226,10 +223,7 @@ class ManagerObject(BusObject):
         kinds, language, limit = validate.discover_options(options)
         # The lists are public: every caller may search them.
         await self._gate.require(call, call.uid)
-        discovery = self._frontend.discovery
-        if discovery is None:
-            raise DiscoveryDisabled("this daemon does not search discovery lists")
-        result = await discovery.search(query, kinds=kinds, limit=limit)
+        result = await self._frontend.lists().search(query, kinds=kinds, limit=limit)
         return [
             {name: Variant(DISCOVERY_FIELDS[name], value) for name, value in record.items()}
             for record in discovery_records(result, language)
@@ -321,13 +315,10 @@ class ServerObject(BusObject):
         await self._frontend.gate.require(call, self.owner, polkit.MANAGE_OWN_SERVERS)
         location = ""
         if where:
-            discovery = self._frontend.discovery
-            if discovery is None:
-                raise DiscoveryDisabled("this daemon does not read discovery lists")
             wanted = where.lower().rstrip("/")
             matches = [
                 server
-                for server in await discovery.locations()
+                for server in await self._frontend.lists().locations()
                 if server.country_code.lower() == wanted
                 or server.base_url.lower().rstrip("/") == wanted
             ]
@@ -411,6 +402,12 @@ class BusFrontend:
         self._sleep: SleepWatch | None = None
         # The discovery lists Manager1.Discover searches (the service sets them).
         self.discovery: Discovery | None = None
+
+    def lists(self) -> Discovery:
+        """The discovery lists; DiscoveryDisabled when this daemon reads none."""
+        if self.discovery is None:
+            raise DiscoveryDisabled("this daemon does not read discovery lists")
+        return self.discovery
 
     @property
     def manager(self) -> Manager:
