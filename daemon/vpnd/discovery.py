@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -149,6 +150,13 @@ class _Copy:
     @property
     def version(self) -> int:
         return self.parsed.version
+
+    @functools.cached_property
+    def by_ident(self) -> dict[str, DiscoveredServer | Organization]:
+        """Each entry by what names it: a server's base URL, an organization's org_id."""
+        if isinstance(self.parsed, OrganizationList):
+            return {org.org_id: org for org in self.parsed.organizations}
+        return {server.base_url: server for server in self.parsed.servers}
 
 
 @dataclass
@@ -543,16 +551,11 @@ class Discovery:
         """What the kept lists say of a server (or, with `org_id`, of the
         organization it was added for), without fetching or waiting: None
         when no kept list names it."""
+        # Read on every ListServers: a look-up, not a walk through the lists.
         for state in self._lists.values():
-            parsed = state.copy.parsed if state.copy is not None else None
-            if org_id and isinstance(parsed, OrganizationList):
-                for organization in parsed.organizations:
-                    if organization.org_id == org_id:
-                        return organization
-            if not org_id and isinstance(parsed, ServerList | InstanceList):
-                for server in parsed.servers:
-                    if server.base_url == base_url:
-                        return server
+            entry = state.copy.by_ident.get(org_id or base_url) if state.copy else None
+            if entry is not None and isinstance(entry, Organization) == bool(org_id):
+                return entry
         return None
 
     async def _all(self, kind: str) -> list[DiscoveredServer | Organization]:
