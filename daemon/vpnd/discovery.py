@@ -217,6 +217,8 @@ class Discovery:
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._read_back_done = asyncio.Event()
+        # Called when a list in use changes (read back at start, or a newer one verified).
+        self.on_change: Callable[[], None] | None = None
         sources: Sequence[ListSource] = ()
         base = ""
         if settings.discovery_url:
@@ -394,6 +396,7 @@ class Discovery:
         )
         await asyncio.to_thread(self._keep, state, new)
         state.copy = new
+        self._changed()
         skipped = getattr(parsed, "skipped", 0)
         log.info(
             "verified %s version %d: %d entries%s",
@@ -468,6 +471,7 @@ class Discovery:
                 kept = await asyncio.to_thread(self._load, state)
                 if kept is not None and state.copy is None:
                     state.copy = kept
+                    self._changed()
         finally:
             self._read_back_done.set()
         periodic = [state for state in self._lists.values() if state.source.at_start]
@@ -476,6 +480,10 @@ class Discovery:
                 if self._due(state):
                     await self._start_refresh(state)
             await asyncio.sleep(min(self._until_due(state) for state in periodic))
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     async def aclose(self) -> None:
         """Stop fetching."""

@@ -320,6 +320,7 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     manager = Manager(settings, store, families, new_tunnel, StatusLine(frontend, notify))
     frontend.attach(manager)
     frontend.discovery = discovery
+    discovery.on_change = frontend.listed_changed
     manager.load()
     steps.step("loaded the servers")
     reply = await bus.request_name(BUS_NAME)

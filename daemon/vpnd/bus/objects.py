@@ -22,9 +22,10 @@ from dbus_fast import Variant
 from dbus_fast.aio import MessageBus
 
 from vpnd import __version__
-from vpnd.bus import polkit, spec, validate
+from vpnd.bus import objectmanager, polkit, spec, validate
 from vpnd.bus.access import NOT_YOURS, Gate
 from vpnd.bus.caller import SYSTEM_OWNER, Call, Callers
+from vpnd.bus.objectmanager import ObjectManager
 from vpnd.bus.router import BusObject, Router
 from vpnd.bus.sleep import SleepWatch
 from vpnd.discovery import DISCOVERY_FIELDS, Discovery, DiscoveryDisabled, discovery_records
@@ -140,6 +141,7 @@ class ManagerObject(BusObject):
     """org.vpnd.Manager1 on /org/vpnd/Daemon: anyone may call it; it shows each caller their own."""
 
     interface = spec.MANAGER
+    also = (objectmanager.INTERFACE,)
 
     def __init__(self, frontend: BusFrontend) -> None:
         super().__init__(ROOT_PATH)
@@ -229,6 +231,9 @@ class ManagerObject(BusObject):
             for record in discovery_records(result, language)
         ]
 
+    async def GetManagedObjects(self, call: Call) -> dict[str, dict[str, dict[str, Variant]]]:
+        return await self._frontend.objects.managed_objects(call)
+
     async def properties(self, call: Call) -> dict[str, Any]:
         connection = self._manager.connection
         visible = connection is not None and await self._gate.may_read(call, connection.owner)
@@ -249,6 +254,8 @@ class ServerObject(BusObject):
         super().__init__(server_path(server))
         self._frontend = frontend
         self.server = server
+        # DisplayName and SupportContact as last published: the lists they come from change.
+        self.listed = listed_properties(frontend, server)
 
     @property
     def owner(self) -> int:
@@ -332,8 +339,12 @@ class ServerObject(BusObject):
         await self._frontend.gate.require(call, self.owner, polkit.MANAGE_OWN_SERVERS)
         self._frontend.manager.set_autoconnect(self.server, profile_id)
 
-    async def properties(self, call: Call) -> dict[str, Any]:
+    def values(self) -> dict[str, Any]:
+        """Every Server1 property's value (the same for every caller who may read it)."""
         return {**server_properties(self.server), **listed_properties(self._frontend, self.server)}
+
+    async def properties(self, call: Call) -> dict[str, Any]:
+        return self.values()
 
 
 class ConnectionObject(BusObject):
@@ -359,8 +370,12 @@ class ConnectionObject(BusObject):
         await self._frontend.gate.require(call, self.owner, polkit.CONNECT)
         self._frontend.manager.answer(self.connection, prompt_id, values)
 
-    async def properties(self, call: Call) -> dict[str, Any]:
+    def values(self) -> dict[str, Any]:
+        """Every Connection1 property's value (the same for every caller who may read it)."""
         return connection_properties(self.connection)
+
+    async def properties(self, call: Call) -> dict[str, Any]:
+        return self.values()
 
 
 _SERVER_FIELDS = {
@@ -395,6 +410,7 @@ class BusFrontend:
         self._authority = authority or polkit.Authority(bus)
         self.gate = Gate(self.callers, self._authority)
         self.router = Router(bus, self.callers, self.gate)
+        self.objects = ObjectManager(ROOT_PATH, self.router, self.callers, self.gate)
         self._manager: Manager | None = None
         self._root = ManagerObject(self)
         # Who owned the connection ActiveConnection last pointed at.
@@ -457,12 +473,28 @@ class BusFrontend:
     def server_added(self, server: Server) -> None:
         obj = ServerObject(self, server)
         self.router.add(obj)
+        self.objects.added(obj, obj.values(), owner=server.owner)
         self.router.emit(self._root, "ServerAdded", [obj.path], owner=server.owner)
 
     def server_removed(self, server: Server) -> None:
         path = server_path(server)
+        obj = self._server_object(server)
         self.router.remove(path)
+        if obj is not None:
+            self.objects.removed(obj, owner=server.owner)
         self.router.emit(self._root, "ServerRemoved", [path], owner=server.owner)
+
+    def listed_changed(self) -> None:
+        """The discovery lists in use changed: publish the servers' DisplayName and
+        SupportContact where they now read differently."""
+        for obj in self.router.below(SERVERS_PATH):
+            if not isinstance(obj, ServerObject):
+                continue
+            now = listed_properties(self, obj.server)
+            changed = {name: value for name, value in now.items() if obj.listed[name] != value}
+            obj.listed = now
+            if changed:
+                self.router.emit_properties_changed(obj, changed, owner=obj.owner)
 
     def server_changed(self, server: Server, fields: set[str]) -> None:
         obj = self._server_object(server)
@@ -484,6 +516,7 @@ class BusFrontend:
     def connection_added(self, connection: Connection) -> None:
         obj = ConnectionObject(self, connection)
         self.router.add(obj)
+        self.objects.added(obj, obj.values(), owner=connection.owner)
         readers = self.callers.recipients(connection.owner)
         self.router.emit_properties_changed(
             self._root, {"ActiveConnection": obj.path}, owner=connection.owner, to=readers
@@ -497,7 +530,10 @@ class BusFrontend:
         self._active_owner = connection.owner
 
     def connection_removed(self, connection: Connection) -> None:
+        obj = self._connection_object(connection)
         self.router.remove(connection_path(connection))
+        if obj is not None:
+            self.objects.removed(obj, owner=connection.owner)
 
     def session_expiring(self, connection: Connection, seconds_left: int) -> None:
         obj = self._connection_object(connection)

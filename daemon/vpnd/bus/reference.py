@@ -23,6 +23,7 @@ from vpnd import errors
 #: Where each interface's objects live.
 OBJECTS = {
     "org.vpnd.Manager1": "/org/vpnd/Daemon",
+    "org.freedesktop.DBus.ObjectManager": "/org/vpnd/Daemon",
     "org.vpnd.Server1": "/org/vpnd/Daemon/servers/{id}",
     "org.vpnd.Connection1": "/org/vpnd/Daemon/connections/{n}",
 }

@@ -73,11 +73,13 @@ class BusFault(Exception):
 
 
 def _call_fault(obj: BusObject, interface: str | None, member: str, signature: str) -> BusFault:
-    if interface not in (None, obj.interface.name):
+    if interface is not None and obj.serving(interface) is None:
         return BusFault(_UNKNOWN_INTERFACE, f"{obj.path} has no interface {interface}")
-    method = obj.interface.method(member)
-    if method is None:
-        return BusFault(_UNKNOWN_METHOD, f"{obj.interface.name} has no method {member}")
+    found = obj.find_method(interface, member)
+    if found is None:
+        name = interface or obj.interface.name
+        return BusFault(_UNKNOWN_METHOD, f"{name} has no method {member}")
+    method = found[1]
     return BusFault(_INVALID_ARGS, f"{member} takes ({method.in_signature}), not ({signature})")
 
 
@@ -86,9 +88,26 @@ class BusObject:
     as `async def Name(self, call, *args)`, each deciding access with the Gate."""
 
     interface: ClassVar[spec.Interface]
+    # Further interfaces the object serves: methods and signals, no properties.
+    also: ClassVar[tuple[spec.Interface, ...]] = ()
 
     def __init__(self, path: str) -> None:
         self.path = path
+
+    def serving(self, name: str) -> spec.Interface | None:
+        """The interface called `name` if the object serves it."""
+        return next((i for i in (self.interface, *self.also) if i.name == name), None)
+
+    def find_method(
+        self, interface: str | None, member: str
+    ) -> tuple[spec.Interface, spec.Method] | None:
+        """The method `member` of `interface` (None: of any interface the object serves)."""
+        for candidate in (self.interface, *self.also):
+            if interface in (None, candidate.name):
+                method = candidate.method(member)
+                if method is not None:
+                    return candidate, method
+        return None
 
     @property
     def owner(self) -> int | None:
@@ -160,6 +179,11 @@ class Router:
     def get(self, path: str) -> BusObject | None:
         """The object at `path`."""
         return self._objects.get(path)
+
+    def below(self, path: str) -> list[BusObject]:
+        """Every object served under `path` (not `path` itself), in path order."""
+        prefix = path.rstrip("/") + "/"
+        return [self._objects[p] for p in sorted(self._objects) if p.startswith(prefix)]
 
     async def settle(self) -> None:
         """Return once every call taken so far has been answered and every signal sent."""
@@ -234,15 +258,12 @@ class Router:
             needed_actions(call.uid, obj.owner, None)
         if interface == spec.PROPERTIES:
             return await self._properties(call, obj, member, message)
-        method = obj.interface.method(member)
-        if (
-            method is None
-            or interface not in (None, obj.interface.name)
-            or message.signature != method.in_signature
-        ):
+        found = obj.find_method(interface, member)
+        if found is None or message.signature != found[1].in_signature:
             # What is wrong with a call is said only to those who may read the object.
             await self._read_access(call, obj)
             raise _call_fault(obj, interface, member, message.signature)
+        method = found[1]
         result = await getattr(obj, method.name)(call, *message.body)
         if not call.checked:
             # Every method decides access through the Gate; one that did not is a bug.
@@ -269,7 +290,9 @@ class Router:
         declared = obj.interface.properties
         if member == "GetAll":
             if interface_name not in ("", obj.interface.name):
-                if interface_name in (spec.PROPERTIES, spec.INTROSPECTABLE, spec.PEER):
+                if interface_name in (spec.PROPERTIES, spec.INTROSPECTABLE, spec.PEER) or (
+                    obj.serving(interface_name) is not None
+                ):
                     return "a{sv}", [{}]
                 raise BusFault(_UNKNOWN_INTERFACE, f"{obj.path} has no interface {interface_name}")
             values = await obj.properties(call)
@@ -289,7 +312,11 @@ class Router:
         obj = self._objects.get(path)
         if obj is not None:
             await self._read_access(call, obj)
-            node.interfaces = [*spec.standard_interfaces(), obj.interface.introspection()]
+            node.interfaces = [
+                *spec.standard_interfaces(),
+                obj.interface.introspection(),
+                *(extra.introspection() for extra in obj.also),
+            ]
         else:
             call.checked = True
         prefix = path.rstrip("/") + "/"
