@@ -283,6 +283,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep following it, a line (with --json a record) per change, until Ctrl-C",
     )
 
+    sub = command(
+        "monitor",
+        _cmd_monitor,
+        "follow the VPN and say what needs you: a session ending, the tunnel lost or back,"
+        " a question",
+    )
+    sub.add_argument(
+        "--notify",
+        action="store_true",
+        help="also as desktop notifications, with actions (renew, answer, log in)",
+    )
+
     sub = command("disconnect", _cmd_disconnect, "disconnect the current connection")
     sub.add_argument(
         "--no-wait", action="store_true", help="return without waiting for the tunnel to close"
@@ -627,6 +639,12 @@ def _cmd_status(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
     record = render.status_record(*_active_connection(bus))
     _write(out, render.to_json(record) if args.json else render.render_status(record, time.time()))
     return EXIT_OK
+
+
+def _cmd_monitor(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
+    from vpnctl.monitor import monitor
+
+    return monitor(bus, out, notify_desktop=args.notify)
 
 
 def _cmd_login(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:

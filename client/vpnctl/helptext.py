@@ -59,6 +59,13 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("follow it, a line per change, until Ctrl-C", "vpnctl status --watch"),
         ("the same as JSON, one record per line", "vpnctl status --watch --json"),
     ),
+    "monitor": (
+        ("a line for each thing that needs you, until Ctrl-C", "vpnctl monitor"),
+        (
+            "as desktop notifications too (the autostart file and the user unit run this)",
+            "vpnctl monitor --notify",
+        ),
+    ),
     "disconnect": (
         ("end the connection and wait until the tunnel is down", "vpnctl disconnect"),
         ("return at once", "vpnctl disconnect --no-wait"),

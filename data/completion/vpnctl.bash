@@ -6,7 +6,7 @@
 # vpnd, and gives up after a second or two. Needs bash 4 or later; works
 # with or without the bash-completion package.
 
-_vpnctl_commands='add list login renew profiles messages connect answer status disconnect location remove autoconnect discover'
+_vpnctl_commands='add list login renew profiles messages connect answer status monitor disconnect location remove autoconnect discover'
 
 # The options of each command; "" for those before the command.
 _vpnctl_options() {
@@ -21,6 +21,7 @@ _vpnctl_options() {
         connect) echo '--help --system --profile --tcp --no-wait --no-browser --timeout' ;;
         answer) echo '--help --no-browser' ;;
         status) echo '--help --json --watch' ;;
+        monitor) echo '--help --notify' ;;
         disconnect) echo '--help --no-wait --timeout' ;;
         location) echo '--help --system --server --json' ;;
         remove) echo '--help --system' ;;
