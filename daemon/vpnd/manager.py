@@ -29,6 +29,7 @@ from vpnd.errors import (
     ServerError,
     ServerUnreachable,
     SessionExpired,
+    StorageFailed,
     TunnelFailed,
     TwoFactorRequired,
     VpndError,
@@ -367,8 +368,14 @@ class Manager:
             await self.disconnect(connection)
         self._cancel_authorization(server, "the server was removed")
         remaining = [r for r in self._records_of(server.owner) if r.server_id != server.server_id]
-        self._store.secrets.delete_server(server.owner, server.server_id)
+        # The list first: cut short in between, what is left is secrets of a
+        # server no longer listed (removed at the next start), never a listed
+        # server without them.
         self._save_servers(server.owner, remaining)
+        try:
+            self._store.secrets.delete_server(server.owner, server.server_id)
+        except StorageFailed as exc:
+            log.error("removed %s but not yet its secrets: %s", server.url, exc.message)
         del self._servers[server.server_id]
         log.info("uid %d removed %s", server.owner, server.url)
         self._listener.server_removed(server)

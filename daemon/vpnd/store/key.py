@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vpnd.errors import StorageFailed
-from vpnd.store.atomic import fsync_dir
+from vpnd.store.atomic import fsync_dir, temporary_path
 from vpnd.store.sealed import KEY_SIZE
 
 log = logging.getLogger("vpnd.store")
@@ -110,7 +110,7 @@ def create_key_file(path: Path) -> bool:
     if the name exists, so two starts cannot race and none ever sees a
     half-written key."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
+    tmp = temporary_path(path, os.urandom(8).hex())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         try:

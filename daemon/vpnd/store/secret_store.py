@@ -28,7 +28,12 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from vpnd.config import Settings
 from vpnd.errors import InvalidArgument, StorageFailed, VpndError
-from vpnd.store.atomic import ensure_private_dir, move_aside, remove_durably
+from vpnd.store.atomic import (
+    ensure_private_dir,
+    move_aside,
+    remove_durably,
+    remove_stale_temporaries,
+)
 from vpnd.store.encrypted_file import RECORD_NAME, EncryptedFileKeyring, RecordMissing
 from vpnd.store.key import load_store_keys
 from vpnd.store.sealed import Sealer
@@ -293,6 +298,9 @@ def open_secret_store(
     try:
         ensure_private_dir(settings.state_dir)
         ensure_private_dir(users_dir)
+        remove_stale_temporaries(settings.state_dir)
+        if settings.store_key_path.parent.is_dir():
+            remove_stale_temporaries(settings.store_key_path.parent, recursive=False)
     except OSError as exc:
         raise StorageFailed(f"cannot create {settings.state_dir}: {exc.strerror}") from None
     backend: KeyringBackendLike

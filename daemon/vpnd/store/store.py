@@ -204,7 +204,7 @@ class Store:
             path = self._servers_path(owner)
             try:
                 data = _read_json(path)
-                records.extend(ServerRecord.from_dict(item, owner) for item in _records(data, path))
+                listed = [ServerRecord.from_dict(item, owner) for item in _records(data, path)]
             except FileNotFoundError:
                 continue
             except (OSError, StorageFailed) as exc:
@@ -214,7 +214,29 @@ class Store:
                     log.error("cannot load %s (%s) nor move it aside", path, exc)
                 else:
                     log.error("cannot load %s (%s); moved it to %s", path, exc, aside.name)
+                continue
+            records.extend(listed)
+            self._forget_unlisted_secrets(owner, {r.server_id for r in listed})
         return records
+
+    def _forget_unlisted_secrets(self, owner: int, listed: set[str]) -> None:
+        """Remove the secrets of servers no longer listed: a removal cut short
+        after the list was saved leaves them (the list is saved first, so that
+        a listed server never loses its secrets). Only an owner whose list
+        loaded gets here; only vpnd's own files can be listed like this."""
+        try:
+            candidates = sorted((self._root / str(owner) / "secrets").iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for path in candidates:
+            if not _SERVER_ID.fullmatch(path.name) or path.name in listed or not path.is_dir():
+                continue
+            try:
+                self.secrets.delete_server(owner, path.name)
+            except StorageFailed as exc:
+                log.error("cannot remove the secrets of a removed server: %s", exc.message)
+            else:
+                log.info("removed the secrets of uid %d's removed server %s", owner, path.name)
 
     def save_servers(self, owner: int, records: list[ServerRecord]) -> None:
         """Replace one owner's list of servers (always written in the newest schema)."""
