@@ -124,6 +124,8 @@ def status_record(connection: str | None, properties: Mapping[str, Any] | None) 
         "error": _text_or_none(properties.get("Error")),
         "error_message": _text_or_none(properties.get("ErrorMessage")),
         "prompt": prompt_record(properties.get("Prompt")),
+        "dns_servers": [str(s) for s in properties.get("DnsServers", ())],
+        "dns_domains": [str(d) for d in properties.get("DnsDomains", ())],
     }
 
 
@@ -161,6 +163,8 @@ def render_status(record: Mapping[str, Any], now: float) -> str:
         lines.append(("Tunnel IP", ", ".join(addresses)))
     if record["remote"] and state not in (DISCONNECTED, FAILED):
         lines.append(("Remote", record["remote"]))
+    if record.get("dns_servers") or record.get("dns_domains"):
+        lines.append(("DNS", " ".join([*record["dns_servers"], *record["dns_domains"]])))
     if record["bytes_in"] or record["bytes_out"]:
         lines.append(
             (

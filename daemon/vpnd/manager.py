@@ -37,6 +37,7 @@ from vpnd.errors import (
 from vpnd.protocols import eduvpn, lang, ovpnconfig
 from vpnd.protocols.connstate import ConnectionMachine, Event, State
 from vpnd.protocols.credentials import Question
+from vpnd.protocols.dns import DnsSettings, PushedDnsRejected
 from vpnd.protocols.eduvpn import Endpoints
 from vpnd.providers import Families
 from vpnd.providers.base import Connectable, Family, PendingAuthorization, Provider, Session
@@ -72,6 +73,14 @@ class TunnelLike(Protocol):
     async def stop(self, timeout: float = 5.0) -> None: ...
 
     def answer(self, values: Mapping[str, str]) -> None: ...
+
+
+class DnsLike(Protocol):
+    """Sets the DNS of the tunnel's link, and takes it back (tunnel/dns.py)."""
+
+    async def apply(self, settings: DnsSettings) -> bool: ...
+
+    async def revert(self) -> None: ...
 
 
 class TunnelFactory(Protocol):
@@ -119,6 +128,8 @@ class Server:
     _pending: PendingAuthorization | None = field(default=None, repr=False)
     # The connection to make again once a renewal's login succeeds: (profile, prefer_tcp).
     _after_renewal: tuple[str, bool] | None = field(default=None, repr=False)
+    # Per profile, from the last profile list: (full tunnel, DNS search domains).
+    profile_dns: dict[str, tuple[bool, tuple[str, ...]]] = field(default_factory=dict, repr=False)
 
     @property
     def server_id(self) -> str:
@@ -168,6 +179,8 @@ class Connection:
     endpoints: Endpoints | None = None
     tunnel: TunnelLike | None = None
     task: asyncio.Task[None] | None = None
+    # The DNS set on the tunnel's link, while it is.
+    dns: DnsSettings | None = None
     # What openvpn asks a person now, and its number (answers name it).
     question: Question | None = None
     prompt_id: int = 0
@@ -249,6 +262,7 @@ class Manager:
         listener: Listener,
         backoff: Backoff | None = None,
         udp_grace: float = UDP_GRACE,
+        dns: DnsLike | None = None,
     ) -> None:
         self._settings = settings
         self._backoff = backoff or Backoff()
@@ -260,6 +274,8 @@ class Manager:
         self._servers: dict[str, Server] = {}
         self.connection: Connection | None = None
         self._next_conn_id = 1
+        self._dns = dns
+        self._dns_task: asyncio.Task[None] | None = None
 
     # -- servers ---------------------------------------------------------
 
@@ -538,6 +554,9 @@ class Manager:
         """The server's profiles with display names in the caller's language."""
         tags = lang.locale_to_tags(locale)
         profiles = await self._ask(server, lambda provider, session: provider.profiles(session))
+        server.profile_dns = {
+            p.profile_id: (p.default_gateway, p.dns_search_domain_list) for p in profiles
+        }
         return [
             {
                 "profile_id": p.profile_id,
@@ -1040,6 +1059,7 @@ class Manager:
             connection.connected_since = time.time()
             changed |= {"tunnel_ip", "tunnel_ipv6", "remote", "connected_since"}
             move = Event.UP
+            self._set_dns(connection, event)
         elif isinstance(event, Lost):
             connection.detail = event.reason
             connection.steps.step(f"the tunnel was lost ({event.reason})")
@@ -1086,8 +1106,50 @@ class Manager:
         self._move(connection, Event.STOPPED)
         log.info("connection %d to %s disconnected", connection.conn_id, connection.server.url)
 
+    def _set_dns(self, connection: Connection, event: Up) -> None:
+        """Put the tunnel's DNS on its link (in the background: the tunnel is up already)."""
+        if self._dns is None or not event.link:
+            return
+        full, search = connection.server.profile_dns.get(connection.profile_id, (False, ()))
+        try:
+            settings = DnsSettings.for_link(
+                event.link, event.dns, full_tunnel=full, extra_search=search
+            )
+        except PushedDnsRejected as exc:
+            log.warning("connection %d: %s; DNS left as it is", connection.conn_id, exc.message)
+            return
+        if self._dns_task is not None:
+            self._dns_task.cancel()
+        self._dns_task = asyncio.create_task(self._apply_dns(connection, settings))
+
+    async def _apply_dns(self, connection: Connection, settings: DnsSettings) -> None:
+        assert self._dns is not None
+        if not settings.servers and not settings.search_domains:
+            await self._dns.revert()  # a reconnect that brought none takes the last one back
+            applied = None
+        else:
+            applied = settings if await self._dns.apply(settings) else None
+        if applied != connection.dns:
+            connection.dns = applied
+            self._listener.connection_changed(connection, {"dns_servers", "dns_domains"})
+
+    async def _drop_dns(self, connection: Connection) -> None:
+        """Take the tunnel's DNS back, before the tunnel goes."""
+        task, self._dns_task = self._dns_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+        if self._dns is None:
+            return
+        await self._dns.revert()
+        if connection.dns is not None:
+            connection.dns = None
+            self._listener.connection_changed(connection, {"dns_servers", "dns_domains"})
+
     async def _teardown(self, connection: Connection) -> None:
         tunnel, connection.tunnel = connection.tunnel, None
+        # First, while the tunnel still runs: no name goes to a tunnel that is gone.
+        await self._drop_dns(connection)
         if tunnel is not None:
             try:
                 await tunnel.stop()

@@ -266,6 +266,7 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     from vpnd.status import StatusLine
     from vpnd.store.secret_store import open_secret_store
     from vpnd.store.store import Store
+    from vpnd.tunnel.dns import DnsKeeper
     from vpnd.tunnel.events import TunnelEvent
     from vpnd.tunnel.openvpn import Tunnel, TunnelSettings
 
@@ -317,7 +318,10 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
         http, store.secrets, settings, template_for=discovery.authentication_template
     )
     # The bus publishes every change; systemd's STATUS= line says what a connection does.
-    manager = Manager(settings, store, families, new_tunnel, StatusLine(frontend, notify))
+    # DNS a killed run left on a tunnel's link goes before anything else connects.
+    dns = DnsKeeper(settings.runtime_dir)
+    await dns.recover()
+    manager = Manager(settings, store, families, new_tunnel, StatusLine(frontend, notify), dns=dns)
     frontend.attach(manager)
     frontend.discovery = discovery
     discovery.on_change = frontend.listed_changed

@@ -363,6 +363,8 @@ def connected_properties() -> dict[str, Any]:
         "SessionExpiry": NOW + 89 * 86400 + 60,
         "Error": "",
         "ErrorMessage": "",
+        "DnsServers": ["10.10.0.1", "fd00::1"],
+        "DnsDomains": ["corp.example", "~."],
     }
 
 
@@ -387,8 +389,12 @@ def test_status_record_is_stable_and_machine_readable() -> None:
         "error": None,
         "error_message": None,
         "prompt": None,
+        "dns_servers": ["10.10.0.1", "fd00::1"],
+        "dns_domains": ["corp.example", "~."],
     }
     assert json.loads(render.to_json(record)) == record
+    dns_lines = [x for x in render.render_status(record, NOW).splitlines() if x.startswith("DNS:")]
+    assert [x.split(None, 1)[1] for x in dns_lines] == ["10.10.0.1 fd00::1 corp.example ~."]
 
 
 def test_a_question_shows_in_the_status_record_without_answers() -> None:

@@ -86,7 +86,19 @@ def connection_properties(connection: Connection) -> dict[str, Any]:
         "Error": connection.error,
         "ErrorMessage": connection.error_message,
         "Prompt": prompt_properties(connection),
+        "DnsServers": [str(s) for s in connection.dns.servers] if connection.dns else [],
+        "DnsDomains": dns_domains(connection),
     }
+
+
+def dns_domains(connection: Connection) -> list[str]:
+    """Connection1.DnsDomains: search domains, then routing-only ones as `~name`
+    (`~.` when every name goes to the tunnel), as resolvectl shows them."""
+    dns = connection.dns
+    if dns is None:
+        return []
+    domains = list(dns.search_domains) + [f"~{d}" for d in dns.routing_domains]
+    return domains + (["~."] if dns.default_route else [])
 
 
 def prompt_properties(connection: Connection) -> dict[str, Variant]:
@@ -398,6 +410,8 @@ _CONNECTION_FIELDS = {
     "error": "Error",
     "error_message": "ErrorMessage",
     "prompt": "Prompt",
+    "dns_servers": "DnsServers",
+    "dns_domains": "DnsDomains",
 }
 
 

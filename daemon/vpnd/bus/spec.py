@@ -178,6 +178,8 @@ CONNECTION = Interface(
         "Error": "s",
         "ErrorMessage": "s",
         "Prompt": "a{sv}",
+        "DnsServers": "as",
+        "DnsDomains": "as",
     },
     signals=(
         Signal("StateChanged", (("state", "s"), ("error", "s"), ("message", "s"))),

@@ -10,10 +10,11 @@ tunnel; another tunnel kind reports the same events.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vpnd.errors import VpndError
 from vpnd.protocols.credentials import Question
+from vpnd.protocols.dns import PushedDns
 
 
 @dataclass(frozen=True)
@@ -27,12 +28,15 @@ class Progress:
 
 @dataclass(frozen=True)
 class Up:
-    """The tunnel is up: its addresses and the peer it reached."""
+    """The tunnel is up: its addresses, the peer it reached, its network link
+    and the DNS the server gave for it."""
 
     local_ip: str = ""
     local_ipv6: str = ""
     remote_ip: str = ""
     remote_port: str = ""
+    link: str = ""  # the network interface ("tun0"), when known
+    dns: PushedDns = field(default_factory=PushedDns)
 
 
 @dataclass(frozen=True)

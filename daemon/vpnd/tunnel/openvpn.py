@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import grp
 import logging
 import os
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from vpnd.errors import InvalidArgument, TunnelFailed, VpndError
 from vpnd.protocols.credentials import Dialog, Question, Refusal, Reply
+from vpnd.protocols.dns import PushedDnsRejected, PushReplyReader
 from vpnd.protocols.management import (
     Answered,
     ByteCountEvent,
@@ -214,6 +216,13 @@ class Tunnel:
         self._started = False
         self._stop_requested = False
         self._tail: deque[_LogLine] = deque(maxlen=_TAIL_LINES)
+        # The device and the pushed DNS, from the log; Up waits for the log's
+        # "Initialization Sequence Completed", which openvpn writes just before
+        # it reports CONNECTED over the other channel (verb 1 and up).
+        self._push = PushReplyReader()
+        self._set_up = False
+        self._pending_up: Up | None = None
+        self._full_tunnel = re.search(r"^redirect-gateway\b", config, re.M) is not None
         self._fatal = ""
         self._auth_failure: str | None = None
         self._dialog = Dialog(user_pass)
@@ -451,6 +460,25 @@ class Tunnel:
             return
         self._tail.append(entry)
         log.debug("openvpn[%s]: %s", self.pid or self._name, entry.text)
+        self._read_push(entry.text)
+
+    def _read_push(self, text: str) -> None:
+        try:
+            completed = self._push.feed(text)
+        except PushedDnsRejected as error:
+            log.warning("tunnel %s: %s; the DNS is left as it is", self._name, error.message)
+            return
+        if completed:
+            self._set_up = True
+            if self._pending_up is not None:
+                up, self._pending_up = self._pending_up, None
+                self._emit_up(up)
+
+    def _emit_up(self, up: Up) -> None:
+        pushed = self._push.pushed
+        if self._full_tunnel and not pushed.redirect_gateway:
+            pushed = dataclasses.replace(pushed, redirect_gateway=True)
+        self._emit(dataclasses.replace(up, link=self._push.device, dns=pushed))
 
     async def _shutdown(self, timeout: float = 5.0) -> None:
         """The one way down, shared by stop() and a failed start()."""
@@ -609,8 +637,14 @@ class Tunnel:
             self._emit(PromptEvent(None))
         if event.name == "CONNECTED":
             self._auth_failure = None
-            self._emit(Up(event.local_ip, event.local_ipv6, event.remote_ip, event.remote_port))
+            up = Up(event.local_ip, event.local_ipv6, event.remote_ip, event.remote_port)
+            if self._set_up or self._settings.verb < 1:
+                self._emit_up(up)
+            else:
+                self._pending_up = up
         elif event.name == "RECONNECTING":
+            self._set_up, self._pending_up = False, None
+            self._push.restart()
             self._emit(Lost(event.detail))
         else:
             self._emit(Progress(event.name, event.detail))
