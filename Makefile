@@ -34,7 +34,7 @@ DEB_PACKAGES := \
 	openvpn dbus dbus-daemon dbus-bin polkitd libglib2.0-bin systemd \
 	libsystemd-dev pkg-config gcc python3-dev python3-venv \
 	iproute2 iputils-ping procps util-linux mount openssl ca-certificates \
-	groff-base zsh \
+	groff-base zsh xvfb dunst \
 	build-essential debhelper
 
 LINT_PATHS := daemon client tests benchmarks
@@ -217,6 +217,9 @@ MANDIR ?= $(PREFIX)/share/man
 BASHCOMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
 ZSHCOMPLETIONDIR ?= $(PREFIX)/share/zsh/vendor-completions
 SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSTEMDUSERUNITDIR ?= $(PREFIX)/lib/systemd/user
+# Desktops read autostart files from $XDG_CONFIG_DIRS, /etc/xdg unless set.
+XDGAUTOSTARTDIR ?= /etc/xdg/autostart
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 DBUSSERVICEDIR ?= $(PREFIX)/share/dbus-1/system-services
 DBUSINTERFACEDIR ?= $(PREFIX)/share/dbus-1/interfaces
@@ -421,6 +424,17 @@ sed "s|^Exec=/usr/bin/vpnd\$|Exec=$BINDIR/vpnd|" "$SRC/data/dbus/org.vpnd.Daemon
     put 0644 "$DBUSSERVICEDIR/org.vpnd.Daemon.service"
 grep -qx "Exec=$BINDIR/vpnd" "$root$DBUSSERVICEDIR/org.vpnd.Daemon.service" ||
     fail "data/dbus/org.vpnd.Daemon.service has no Exec=/usr/bin/vpnd to point at $BINDIR"
+# The desktop notifications (vpnctl monitor --notify): a user unit and an
+# autostart file, both naming the installed vpnctl.
+sed "s|^ExecStart=/usr/bin/vpnctl |ExecStart=$BINDIR/vpnctl |" \
+    "$SRC/data/systemd/user/vpnd-notify.service" |
+    put 0644 "$SYSTEMDUSERUNITDIR/vpnd-notify.service"
+grep -q "^ExecStart=$BINDIR/vpnctl " "$root$SYSTEMDUSERUNITDIR/vpnd-notify.service" ||
+    fail "data/systemd/user/vpnd-notify.service has no ExecStart=/usr/bin/vpnctl to point at $BINDIR"
+sed "s|^Exec=/usr/bin/vpnctl |Exec=$BINDIR/vpnctl |" "$SRC/data/xdg/autostart/vpnd-notify.desktop" |
+    put 0644 "$XDGAUTOSTARTDIR/vpnd-notify.desktop"
+grep -q "^Exec=$BINDIR/vpnctl " "$root$XDGAUTOSTARTDIR/vpnd-notify.desktop" ||
+    fail "data/xdg/autostart/vpnd-notify.desktop has no Exec=/usr/bin/vpnctl to point at $BINDIR"
 put 0644 "$SYSUSERSDIR/vpnd.conf" < "$SRC/data/systemd/vpnd-sysusers.conf"
 put 0644 "$DBUSPOLICYDIR/org.vpnd.Daemon.conf" < "$SRC/data/dbus/org.vpnd.Daemon.conf"
 put 0644 "$DBUSINTERFACEDIR/org.vpnd.Daemon.xml" < "$SRC/data/dbus/org.vpnd.Daemon.xml"
@@ -565,6 +579,7 @@ endef
 
 VPND_INSTALL_ENV = SRC='$(CURDIR)' DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' BINDIR='$(BINDIR)' \
 	VENVDIR='$(VENVDIR)' DOCDIR='$(DOCDIR)' SYSTEMDUNITDIR='$(SYSTEMDUNITDIR)' \
+	SYSTEMDUSERUNITDIR='$(SYSTEMDUSERUNITDIR)' XDGAUTOSTARTDIR='$(XDGAUTOSTARTDIR)' \
 	MANDIR='$(MANDIR)' BASHCOMPLETIONDIR='$(BASHCOMPLETIONDIR)' \
 	ZSHCOMPLETIONDIR='$(ZSHCOMPLETIONDIR)' \
 	SYSUSERSDIR='$(SYSUSERSDIR)' DBUSSERVICEDIR='$(DBUSSERVICEDIR)' \

@@ -65,9 +65,11 @@ PACKAGE_RECORDS = ("/var/lib/dpkg", "/var/lib/apt", "/var/cache/apt", "/var/cach
                    "/var/log/apt", "/var/log/dpkg.log", "/var/lib/PackageKit")  # fmt: skip
 LOCAL_FILES = {
     "/etc/dbus-1/system.d/org.vpnd.Daemon.conf",
+    "/etc/xdg/autostart/vpnd-notify.desktop",
     "/usr/local/bin/vpnctl",
     "/usr/local/bin/vpnd",
     "/usr/local/lib/systemd/system/vpnd.service",
+    "/usr/local/lib/systemd/user/vpnd-notify.service",
     "/usr/local/lib/sysusers.d/vpnd.conf",
     "/usr/local/lib/vpnd/installed-files",
     "/usr/local/share/dbus-1/interfaces/org.vpnd.Daemon.xml",
@@ -495,6 +497,8 @@ def test_the_package_installs_where_debian_puts_things(world: Installed, package
         "/usr/share/bash-completion/completions/vpnctl",
         "/usr/share/zsh/vendor-completions/_vpnctl",
         "/usr/share/man/man1/vpnctl.1.gz",
+        "/usr/lib/systemd/user/vpnd-notify.service",
+        "/etc/xdg/autostart/vpnd-notify.desktop",
     ):
         assert world.exists(path), path
     assert world.world.run("readlink", "-f", "/usr/bin/vpnctl").stdout == (
