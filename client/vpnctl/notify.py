@@ -47,6 +47,9 @@ URGENT_BEFORE = 3600
 # Server kinds that log in through a browser, which Renew needs.
 _NOT_RENEWABLE = frozenset({"access-server"})
 
+# The end of a question's notice.
+_WAITS = " The connection waits for you."
+
 # Action keys.
 RENEW = "renew"
 ANSWER = "answer"
@@ -201,14 +204,13 @@ def asking(view: View) -> Notice | None:
     prompt = view.prompt
     if view.state != NEEDS_INPUT or not prompt:
         return None
-    message = " ".join(str(prompt.get("message") or "").split())
+    message = _sentence(str(prompt.get("message") or ""))
     if prompt.get("kind") == "web" and prompt.get("url"):
         return Notice(
             kind="input",
             connection=view.path,
             summary="VPN login needed",
-            body=(message + " " if message else "")
-            + f"Log in on {view.where}'s web page to go on connecting.",
+            body=(message or f"Log in on the web page of {view.where}.") + _WAITS,
             urgency=CRITICAL,
             action=Action(LOGIN, "Log in"),
             sticky=True,
@@ -217,7 +219,7 @@ def asking(view: View) -> Notice | None:
         kind="input",
         connection=view.path,
         summary="The VPN needs an answer",
-        body=(message or f"{view.where} asks a question") + " (the connection waits for it)",
+        body=(message or f"{view.where} asks a question.") + _WAITS,
         urgency=CRITICAL,
         action=Action(ANSWER, "Answer"),
         sticky=True,
@@ -337,6 +339,14 @@ class Shown:
     def notice(self, connection: str) -> Notice | None:
         """The notice shown for a connection, if any."""
         return self._notices.get(connection)
+
+
+def _sentence(text: str) -> str:
+    """The server's words on one line, ending as a sentence ends ("" stays "")."""
+    text = " ".join(text.split()).rstrip(":").rstrip()
+    if text and not text.endswith((".", "!", "?")):
+        text += "."
+    return text
 
 
 def _short(error: str) -> str:

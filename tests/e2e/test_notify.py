@@ -25,7 +25,7 @@ from tests.e2e import test_prompts as prompts
 from tests.lab.browser import write_browser_script
 from tests.lab.daemon import VpndProcess, ok, status, vpnctl
 from tests.lab.dbus import PrivateSystemBus
-from tests.lab.desktop import DesktopSession, MonitorProcess, fake_program, recorded
+from tests.lab.desktop import DesktopSession, MonitorProcess, fake_program, wait_recorded
 from tests.lab.netns import OpenVPNLab
 from tests.lab.pki import LabPKI
 from tests.lab.portal import DEFAULT_SESSION_SECONDS, TestPortal
@@ -128,7 +128,7 @@ def test_the_session_ends_with_one_notification_whose_renew_logs_in_and_reconnec
         now = wait_for(client_env, "connected")
         assert now["profile"] == "employees"
         assert len(portal.connect_calls) == calls + 1
-        [opened] = recorded(programs / "xdg-open.log")
+        [opened] = wait_recorded(programs / "xdg-open.log")
         assert len(opened) == 1 and opened[0].startswith(portal.base_url)
 
         [shown] = desktop.close_all()
@@ -189,13 +189,13 @@ def test_a_code_asked_opens_a_terminal_and_the_answer_takes_the_notice_away(
         assert monitor.line() == "following vpnd: no connection"
         ok(vpnctl(["connect", "127.0.0.1", "--no-wait"], client_env))
         assert monitor.line_starting("input: ") == (
-            "input: The VPN needs an answer — Enter the code we sent you (the connection waits"
-            " for it) [Answer]"
+            "input: The VPN needs an answer — Enter the code we sent you. The connection waits"
+            " for you. [Answer]"
         )
         assert desktop.displayed() == 1
         desktop.dunstctl("action", "0")
         assert monitor.line() == "started x-terminal-emulator -e vpnctl answer"
-        assert recorded(programs / "x-terminal-emulator.log") == [["-e", "vpnctl", "answer"]]
+        assert wait_recorded(programs / "x-terminal-emulator.log") == [["-e", "vpnctl", "answer"]]
 
         # What the person types in that terminal reaches vpnd; the question is over.
         now = status(client_env)
@@ -238,7 +238,7 @@ def test_a_web_login_asked_opens_the_page(
         assert line.startswith("input: VPN login needed — ") and line.endswith("[Log in]")
         desktop.dunstctl("action", "0")
         assert monitor.line() == "started xdg-open https://login.lab.test/sso?n=1"
-        assert recorded(programs / "xdg-open.log") == [["https://login.lab.test/sso?n=1"]]
+        assert wait_recorded(programs / "xdg-open.log") == [["https://login.lab.test/sso?n=1"]]
         # The person logs in on that page; the server lets the client in.
         Path(control.read_text()).write_text("1")
         wait_for(client_env, "connected")

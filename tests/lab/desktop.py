@@ -238,6 +238,16 @@ def fake_program(directory: Path, name: str, record: Path, then: Sequence[str] =
     return path
 
 
+def wait_recorded(record: Path, count: int = 1, timeout: float = 10.0) -> list[list[str]]:
+    """What `fake_program` recorded, once it has recorded `count` runs (it runs
+    detached: the monitor does not wait for it)."""
+    deadline = time.monotonic() + timeout
+    while len(runs := recorded(record)) < count:
+        assert time.monotonic() < deadline, f"{record.name}: {runs}"
+        time.sleep(0.05)
+    return runs
+
+
 def recorded(record: Path) -> list[list[str]]:
     """The argument lists `fake_program` recorded, oldest first."""
     if not record.exists():

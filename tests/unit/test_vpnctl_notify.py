@@ -227,7 +227,7 @@ def test_a_code_asked_opens_a_terminal_to_answer() -> None:
         CRITICAL,
         True,
     )
-    assert notice.body == "Enter the code we sent you (the connection waits for it)"
+    assert notice.body == "Enter the code we sent you. The connection waits for you."
     assert notice.action == notify.Action("answer", "Answer")
     assert notify.command("answer", asking) == Run(
         ("x-terminal-emulator", "-e", "vpnctl", "answer")
@@ -239,6 +239,10 @@ def test_a_web_login_opens_the_page() -> None:
     notice = notify.on_change(view(state="connecting"), asking, NOW)
     assert isinstance(notice, Notice)
     assert notice.summary == "VPN login needed"
+    assert notice.body == "Log in with your institution. The connection waits for you."
+    bare = notify.asking(view(state="needs-input", prompt={**WEB, "message": ""}))
+    assert bare is not None
+    assert bare.body == "Log in on the web page of vpn.example.org. The connection waits for you."
     assert notice.action == notify.Action("login", "Log in")
     assert notify.command("login", asking) == Run(("xdg-open", WEB["url"]))
 
