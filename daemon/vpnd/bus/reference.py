@@ -7,6 +7,10 @@ The XML (data/dbus/org.vpnd.Daemon.xml) is the one written account of the
 API: a bus test checks it against what the running daemon introspects, and
 a unit test checks that this page is what the XML makes now. So the page
 cannot drift from the daemon: change the XML, then make the page again.
+
+The same command makes the reference part of docs/dbus-api.md again (the
+part between `BEGIN` and `END`; the rest of that page, its guide and
+examples, is written by hand), so both pages come from the one XML.
 Not imported by the daemon.
 """
 
@@ -107,9 +111,39 @@ def render(xml_text: str) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+#: Where docs/dbus-api.md's made part begins and ends.
+BEGIN = (
+    "<!-- BEGIN REFERENCE: made by `python -m vpnd.bus.reference` from"
+    " data/dbus/org.vpnd.Daemon.xml; do not edit by hand -->"
+)
+END = "<!-- END REFERENCE -->"
+
+
+def embed(page: str, xml_text: str) -> str:
+    """`page` with its part between BEGIN and END made anew from `xml_text`:
+    the reference without its title, each heading one level down."""
+    head, found, rest = page.partition(BEGIN)
+    _old, ended, tail = rest.partition(END)
+    if not found or not ended:
+        raise ValueError(f"the page lacks the lines {BEGIN!r} and {END!r}")
+    lines: list[str] = []
+    fenced = False
+    for line in render(xml_text).splitlines()[1:]:
+        if line.startswith("<!-- Made by"):
+            continue
+        if line.startswith("```"):
+            fenced = not fenced
+        lines.append("#" + line if line.startswith("#") and not fenced else line)
+    return head + BEGIN + "\n" + "\n".join(lines).strip("\n") + "\n\n" + END + tail
+
+
 def main(argv: list[str]) -> int:
-    """Print the page for the XML file named in argv."""
-    sys.stdout.write(render(Path(argv[1]).read_text()))
+    """Print the page for the XML file named in argv; make docs/dbus-api.md's part again."""
+    xml_text = Path(argv[1]).read_text()
+    sys.stdout.write(render(xml_text))
+    guide = Path(argv[1]).resolve().parents[2] / "docs" / "dbus-api.md"
+    if guide.exists():
+        guide.write_text(embed(guide.read_text(), xml_text))
     return 0
 
 
