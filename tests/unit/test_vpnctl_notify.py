@@ -3,13 +3,15 @@ which notice, with which words, urgency and action, and what an action does."""
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vpnctl import notify
+from vpnctl import cli, monitor, notify
 from vpnctl.notify import CRITICAL, LOW, NORMAL, Notice, Renew, Run, View, Withdraw
 
 PATH = "/org/vpnd/Daemon/connections/7"
@@ -326,3 +328,34 @@ def test_expiring_urgency_rises_in_the_last_hour(seconds_left: int, seen: View) 
     notice = notify.expiring(seen, seconds_left, NOW)
     assert notice.urgency == (CRITICAL if seconds_left <= 3600 else NORMAL)
     assert (notice.action is not None) == notify.renewable(seen, NOW)
+
+
+# --- what starts it ------------------------------------------------------------------
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def ini_values(path: Path, key: str) -> list[str]:
+    return [
+        line.split("=", 1)[1]
+        for line in path.read_text().splitlines()
+        if line.startswith(key + "=")
+    ]
+
+
+def test_the_autostart_file_and_the_user_unit_run_a_notifying_monitor() -> None:
+    desktop_file = REPO / "data" / "xdg" / "autostart" / "vpnd-notify.desktop"
+    unit = REPO / "data" / "systemd" / "user" / "vpnd-notify.service"
+    [run_desktop] = ini_values(desktop_file, "Exec")
+    [run_unit] = ini_values(unit, "ExecStart")
+    for line in (run_desktop, run_unit):
+        # make install points /usr/bin/vpnctl at the installed one.
+        program, *words = shlex.split(line)
+        assert program == "/usr/bin/vpnctl"
+        args = cli.build_parser().parse_args(words)
+        assert (args.command, args.notify) == ("monitor", True)
+    assert ini_values(desktop_file, "Type") == ["Application"]
+    # The notifications name their desktop entry, the autostart file.
+    assert desktop_file.stem == monitor.DESKTOP_ENTRY
+    assert ini_values(unit, "WantedBy") == ["graphical-session.target"]
