@@ -13,6 +13,7 @@ next start.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from tests.lab import resolved
 from tests.lab.daemon import ok, status, vpnctl
 from tests.lab.netns import OpenVPNLab
 from tests.lab.pki import LabPKI
-from tests.lab.portal import TestPortal
+from tests.lab.portal import DEFAULT_PROFILES, TestPortal
 from tests.lab.require import missing
 from tests.lab.systemd import SystemdWorld, python_binds
 from tests.lab.systemd import available as systemd_world_available
@@ -39,6 +40,18 @@ PUSHED = (
     f'push "dhcp-option DOMAIN {DOMAIN}"',
 )
 RECORD = "/run/vpnd/dns.json"
+# What /info names for the profile, once vpnd has listed the profiles.
+PROFILE_DOMAIN = "profile-lab.example"
+HOST_RESOLV_CONF = Path("/etc/resolv.conf")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def host_resolver_untouched() -> Iterator[None]:
+    """Whatever the worlds do, the host's resolver configuration stays as it was."""
+    before = HOST_RESOLV_CONF.read_bytes(), os.path.islink(HOST_RESOLV_CONF)
+    yield
+    assert (HOST_RESOLV_CONF.read_bytes(), os.path.islink(HOST_RESOLV_CONF)) == before
+    assert not Path("/run/resolvconf").exists()
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +68,8 @@ def dns_lab(lab_pki: LabPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 @pytest.fixture(scope="module")
 def dns_portal(lab_pki: LabPKI, dns_lab: OpenVPNLab) -> Iterator[TestPortal]:
-    with TestPortal(lab_pki, dns_lab) as portal:
+    profiles = [{**p, "dns_search_domain_list": [PROFILE_DOMAIN]} for p in DEFAULT_PROFILES]
+    with TestPortal(lab_pki, dns_lab, profiles=profiles) as portal:
         yield portal
 
 
@@ -123,15 +137,22 @@ def test_pushed_dns_is_on_the_link_while_up_and_gone_after_disconnect(
     assert now["dns_servers"] == [DNS4, DNS6] and now["dns_domains"] == [DOMAIN]
     human = ok(vpnctl(["status"], env))
     assert f"{DNS4} {DNS6} {DOMAIN}" in human
+    # The profile's search domains from /info join once vpnd has read them.
+    ok(vpnctl(["profiles", dns_portal.host], env))
+    ok(vpnctl(["disconnect"], env))
+    ok(vpnctl(["connect", dns_portal.host, "--profile", "employees"], env))
+    link = tunnel_link(status(env)["tunnel_ip"])
+    daemon.wait_for(lambda: PROFILE_DOMAIN in resolved.link_dns(daemon.world, link)[1])
+    daemon.wait_for(lambda: status(env)["dns_domains"] == [DOMAIN, PROFILE_DOMAIN])
     record = json.loads(daemon.world.read_file(RECORD))
     assert record["link"] == link and record["backend"] == "systemd-resolved"
-    assert f"DNS on {link} through systemd-resolved" in daemon.log()
+    daemon.wait_for(lambda: f"DNS on {link} through systemd-resolved" in daemon.log())
 
     ok(vpnctl(["disconnect"], env))
     assert DNS4 not in all_dns(daemon.world)
     assert DNS4 not in resolved.link_dns(daemon.world, link)[0]
     assert not record_exists(daemon)
-    assert f"took back the DNS on {link}" in daemon.log()
+    daemon.wait_for(lambda: f"took back the DNS on {link}" in daemon.log())
     assert status(env)["dns_servers"] == []
 
 
@@ -147,7 +168,7 @@ def test_a_killed_daemon_leaves_no_dns_behind(
     daemon.wait_for(daemon.active, timeout=15)
     daemon.wait_for(lambda: not record_exists(daemon), timeout=15)
     assert DNS4 not in all_dns(daemon.world)
-    assert "earlier run" in daemon.log()
+    daemon.wait_for(lambda: "earlier run" in daemon.log())  # the journal may lag
     assert status(env)["state"] == "disconnected"
 
 
@@ -172,7 +193,77 @@ def test_a_start_reverts_dns_a_killed_run_left_on_a_live_link(
         world.systemctl("start", UNIT)
         assert "192.0.2.99" not in resolved.link_dns(world, link)[0]
         assert "~." not in resolved.link_dns(world, link)[1]
-        assert f"took back the DNS an earlier run left on {link}" in daemon.log()
+        said = f"took back the DNS an earlier run left on {link}"
+        daemon.wait_for(lambda: said in daemon.log())  # the journal may lag
         assert not record_exists(daemon)
     finally:
         subprocess.run(["ip", "link", "del", link], check=False)
+
+
+# --- resolvconf, where resolved does not run ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resolvconf_world(
+    lab_pki: LabPKI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[UnitDaemon]:
+    """A world with vpnd.service and Debian's resolvconf, its /etc/resolv.conf resolvconf's."""
+    reason = systemd_world_available()
+    if reason is not None:
+        missing(reason)
+    try:
+        extra = resolved.resolvconf_world_files(tmp_path_factory.mktemp("resolvconf"))
+    except resolved.ResolvedUnavailable as error:
+        missing(str(error))
+    world = SystemdWorld(
+        tmp_path_factory.mktemp("world"),
+        files=world_files(lab_pki) | extra,
+        symlinks={"/etc/resolv.conf": resolved.RESOLV_CONF_LINK},
+        binds=python_binds(),
+    )
+    with world:
+        bus = world.start_system_bus()
+        resolved.start_resolvconf(world)
+        yield UnitDaemon(world, bus)
+
+
+@pytest.fixture
+def rc_daemon(resolvconf_world: UnitDaemon) -> Iterator[UnitDaemon]:
+    resolvconf_world.reset()
+    yield resolvconf_world
+    log = resolvconf_world.log()
+    resolvconf_world.reset()
+    assert "Traceback" not in log, log
+
+
+def test_resolvconf_gets_the_dns_and_loses_it_on_disconnect_and_after_a_kill(
+    rc_daemon: UnitDaemon, dns_portal: TestPortal, client_env: dict[str, str]
+) -> None:
+    world = rc_daemon.world
+    before = world.read_file("/etc/resolv.conf")
+    assert DNS4 not in before
+    env = connected(rc_daemon, dns_portal, client_env)
+    link = tunnel_link(status(env)["tunnel_ip"])
+    rc_daemon.wait_for(lambda: f"nameserver {DNS4}" in world.read_file("/etc/resolv.conf"))
+    text = world.read_file("/etc/resolv.conf")
+    assert f"search {DOMAIN}" in text
+    assert DNS6 in text  # resolvconf takes IPv6 servers too
+    assert world.read_file(f"/run/resolvconf/interface/{link}.vpnd")
+    rc_daemon.wait_for(lambda: f"DNS on {link} through resolvconf" in rc_daemon.log())
+    assert json.loads(world.read_file(RECORD))["backend"] == "resolvconf"
+
+    ok(vpnctl(["disconnect"], env))
+    assert world.read_file("/etc/resolv.conf") == before
+    assert not record_exists(rc_daemon)
+
+    ok(vpnctl(["connect", dns_portal.host, "--profile", "employees"], env))
+    rc_daemon.wait_for(lambda: DNS4 in world.read_file("/etc/resolv.conf"))
+    pid = rc_daemon.pid
+    world.systemctl("kill", "--signal=KILL", UNIT)
+    rc_daemon.wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=15)
+    rc_daemon.wait_for(rc_daemon.active, timeout=15)
+    # The entry outlives the link: the restarted daemon takes it back.
+    rc_daemon.wait_for(lambda: not record_exists(rc_daemon), timeout=15)
+    assert world.read_file("/etc/resolv.conf") == before
+    said = f"took back the DNS an earlier run left on {link}"
+    rc_daemon.wait_for(lambda: said in rc_daemon.log())  # the journal may lag
