@@ -247,7 +247,7 @@ class _NoAnswerOverUdp(TunnelFailed):
 
 
 class _StartOver(TunnelFailed):
-    """The tunnel is to be made again at once (the machine woke from sleep)."""
+    """The tunnel is to be made again at once (the machine woke, the network changed)."""
 
 
 class Manager:
@@ -733,6 +733,11 @@ class Manager:
                     log.warning("connection %d: %s", connection.conn_id, error.message)
                     await self._start_over(connection, error)
                     continue
+            except _StartOver as exc:
+                # Told while a new tunnel was on its way: start that one over too.
+                log.warning("connection %d: %s", connection.conn_id, exc.message)
+                await self._start_over(connection, exc)
+                continue
             except _NoAnswerOverUdp as exc:
                 log.warning("connection %d: %s", connection.conn_id, exc.message)
                 connection.prefer_tcp = True
@@ -802,6 +807,15 @@ class Manager:
         if connection is None or connection.state not in (State.CONNECTED, State.RECONNECTING):
             return
         connection.exit_error = _StartOver("the machine woke from sleep; connecting again")
+        connection.waking.set()
+
+    def network_changed(self, what: str) -> None:
+        """The way to the server changed (`what`): a tunnel that is up, or on its
+        way back, is made again at once over the new way."""
+        connection = self.connection
+        if connection is None or connection.state not in (State.CONNECTED, State.RECONNECTING):
+            return
+        connection.exit_error = _StartOver(f"{what}; connecting again")
         connection.waking.set()
 
     async def _start_over(self, connection: Connection, error: VpndError) -> None:

@@ -262,6 +262,7 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     from vpnd.discovery import MAX_DOWNLOAD, Discovery
     from vpnd.http import HttpClient
     from vpnd.manager import Manager
+    from vpnd.netwatch import NetworkWatch
     from vpnd.providers import default_families
     from vpnd.status import StatusLine
     from vpnd.store.secret_store import open_secret_store
@@ -342,6 +343,11 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     notify("READY=1\nSTATUS=Serving on the system bus")
     log.info("vpnd %s ready on the system bus as %s", __version__, BUS_NAME)
     discovery.start()
+    # A changed way to the server makes the tunnel again at once.
+    network = NetworkWatch(
+        manager.network_changed, lambda: manager.connection.remote if manager.connection else ""
+    )
+    network.start()
     interval = watchdog_interval(os.environ, os.getpid())
     keep_alive = asyncio.create_task(_keep_alive(notify, interval)) if interval else None
     marked = manager.connect_at_start()
@@ -363,6 +369,7 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
             await manager.shutdown()
     except TimeoutError:
         log.error("shutting down took too long; exiting anyway")
+    network.close()
     await discovery.aclose()
     await discovery_http.aclose()
     await http.aclose()
