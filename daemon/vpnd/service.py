@@ -269,6 +269,7 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     from vpnd.store.store import Store
     from vpnd.tunnel.dns import DnsKeeper
     from vpnd.tunnel.events import TunnelEvent
+    from vpnd.tunnel.leftovers import remove_leftovers
     from vpnd.tunnel.openvpn import Tunnel, TunnelSettings
 
     steps.step("imported the daemon")
@@ -293,6 +294,10 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
         openvpn=settings.openvpn,
         launcher=_launcher(settings.openvpn_launcher),
     )
+    # Before anyone can connect: a tunnel a killed earlier run left is removed.
+    leftovers = await remove_leftovers(settings.runtime_dir, tunnel_settings.launcher)
+    if leftovers:
+        steps.step("removed the tunnels an earlier run left")
 
     def new_tunnel(
         name: str,
@@ -340,7 +345,10 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
         loop.add_signal_handler(signum, stop.set)
 
     steps.step("owns its bus name")
-    notify("READY=1\nSTATUS=Serving on the system bus")
+    notify(
+        "READY=1\nSTATUS=Serving on the system bus"
+        + (f"; removed {len(leftovers)} tunnel(s) an earlier run left" if leftovers else "")
+    )
     log.info("vpnd %s ready on the system bus as %s", __version__, BUS_NAME)
     discovery.start()
     # A changed way to the server makes the tunnel again at once.
