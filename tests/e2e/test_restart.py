@@ -5,6 +5,8 @@ started again (as `Restart=on-failure` does). Whatever openvpn the previous
 run left is stopped before the new run serves anyone, no tun device of it is
 left, the new run says what it found, and its state on the bus is the truth:
 no connection, or, for a server marked to connect at start, a new one.
+Under systemd, an openvpn unit an earlier run left is stopped, so that the
+new run's first tunnel can take its name.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.test_systemd import connected
 from tests.lab.daemon import VpndProcess, ok, ping, status, vpnctl
 from tests.lab.dbus import PrivateSystemBus
 from tests.lab.netns import OpenVPNLab
 from tests.lab.pki import LabPKI
 from tests.lab.portal import TestPortal
+from tests.lab.vpnd_unit import UnitDaemon
 
 pytestmark = pytest.mark.e2e
 
@@ -138,3 +142,22 @@ def test_a_crashed_runs_autoconnect_tunnel_is_made_again(
         wait_for("no openvpn", lambda: not openvpn_of(daemon.runtime_dir), 10, daemon.log())
     finally:
         assert daemon.stop() == 0, daemon.log()
+
+
+def test_an_openvpn_unit_an_earlier_run_left_is_stopped(
+    unit_daemon: UnitDaemon, portal: TestPortal, client_env: dict[str, str]
+) -> None:
+    # Under the name the first tunnel takes, as an earlier run leaves one that
+    # was not bound to its unit: the new run's tunnel could not start.
+    leftover = "vpnd-openvpn-conn1.service"
+    unit_daemon.world.run("systemd-run", f"--unit={leftover}", "sleep", "1000")
+    assert unit_daemon.openvpn_units() == [leftover]
+    env = connected(unit_daemon, portal, client_env)
+    log = unit_daemon.log()
+    assert f"openvpn unit {leftover} (active) of an earlier run: stopped" in log, log[-3000:]
+    assert status(env)["state"] == "connected"
+    # The name is the new tunnel's now.
+    assert unit_daemon.openvpn_units() == [leftover]
+    assert Path(f"/proc/{unit_daemon.openvpn_pid()}/comm").read_text().strip() == "openvpn"
+    ok(vpnctl(["disconnect"], env))
+    assert unit_daemon.openvpn_units() == []

@@ -3,9 +3,10 @@
 A vpnd that was killed (a crash, SIGKILL, the watchdog) could not stop its
 openvpn. As the daemon's child, openvpn normally ends by itself once its
 management connection closes (`--management-client`), but one that is slow
-or stuck would keep the tunnel, its routes and its device. As a transient
-systemd unit it is bound to the daemon's unit, which a restart of the
-daemon alone does not stop in every case.
+or stuck would keep the tunnel, its routes and its device. A transient
+systemd unit is bound to the daemon's unit where the daemon runs as one;
+one that was not bound, or is still on its way out, keeps the tunnel and
+the unit name the new run's first tunnel takes.
 
 At start, before anyone can connect, the new run looks for both and stops
 them. It does not adopt them: the previous run's session, its prompts and
