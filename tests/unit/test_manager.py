@@ -1082,3 +1082,26 @@ async def test_no_answer_over_udp_asks_for_tcp_and_says_so(tmp_path: Path) -> No
     await asyncio.sleep(0.15)
     assert again.state is State.CONNECTING and len(world.tunnels) == 3
     await world.manager.disconnect(again)
+
+
+async def test_a_network_change_makes_the_tunnel_again_without_a_pause(tmp_path: Path) -> None:
+    # A pause after a failure would be a minute here: none is taken.
+    world = World(tmp_path, backoff=Backoff(first=60.0, most=60.0))
+    server = await world.authorized_server()
+    world.manager.network_changed("the way to the server changed")  # nothing is up: ignored
+    connection = await world.connected(server)
+    assert len(world.tunnels) == 1
+    world.manager.network_changed("the way to 198.51.100.1 changed")
+    await until(lambda: len(world.tunnels) == 2 and world.tunnels[-1].started)
+    assert world.tunnels[0].stopped
+    assert connection.state is State.RECONNECTING
+    assert connection.detail == "the way to 198.51.100.1 changed; connecting again"
+    # Changed again while the new tunnel is on its way: that one starts over too.
+    world.manager.network_changed("the way changed again")
+    await until(lambda: len(world.tunnels) == 3 and world.tunnels[-1].started)
+    assert world.tunnels[1].stopped
+    world.tunnels[-1].emit(Up("10.8.0.3", "", "198.51.100.1"))
+    assert connection.state is State.CONNECTED
+    await world.manager.disconnect(connection)
+    world.manager.network_changed("the way changed once more")
+    assert len(world.tunnels) == 3
