@@ -851,7 +851,8 @@ class Manager:
     async def _wait_to_reconnect(
         self, connection: Connection, error: VpndError, failures: int
     ) -> None:
-        """Start over as _start_over does, after a pause that grows with `failures`."""
+        """Start over as _start_over does, after a pause that grows with `failures`
+        (ended early by `woke` or `network_changed`)."""
         await self._start_over(connection, error)
         delay = self._backoff.delay(failures)
         log.warning(
@@ -861,7 +862,14 @@ class Manager:
             delay,
             failures,
         )
-        await asyncio.sleep(delay)
+        # Cut short by a wake from sleep or a network change: what failed may work now.
+        connection.waking.clear()
+        try:
+            async with asyncio.timeout(delay):
+                await connection.waking.wait()
+        except TimeoutError:
+            return
+        log.info("connection %d: trying again at once", connection.conn_id)
 
     async def _until_settled(self, connection: Connection, udp_grace: float | None = None) -> None:
         """Wait until the tunnel is up or the attempt ended, within the connect

@@ -1105,3 +1105,19 @@ async def test_a_network_change_makes_the_tunnel_again_without_a_pause(tmp_path:
     await world.manager.disconnect(connection)
     world.manager.network_changed("the way changed once more")
     assert len(world.tunnels) == 3
+
+
+async def test_a_network_change_ends_the_pause_before_the_next_try(tmp_path: Path) -> None:
+    world = World(tmp_path, backoff=Backoff(first=60.0, most=60.0))
+    server = await world.authorized_server()
+    connection = await world.connected(server)
+    world.tunnels[-1].emit(TunnelExited(1, "the network is unreachable", requested=False))
+    await until(lambda: connection.state is State.RECONNECTING)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(world.tunnels) == 1  # pausing for a minute
+    world.manager.network_changed("the way to 198.51.100.1 changed")
+    await until(lambda: len(world.tunnels) == 2 and world.tunnels[-1].started)
+    world.tunnels[-1].emit(Up("10.8.0.3", "", "198.51.100.1"))
+    assert connection.state is State.CONNECTED
+    await world.manager.disconnect(connection)
