@@ -7,6 +7,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import random
 import socket
 from pathlib import Path
 
@@ -158,6 +159,34 @@ def test_a_reply_in_any_number_of_parts_reads_as_one(
     expected_servers = [DnsServer(a) for a in addresses]
     assert sorted(reader.pushed.servers) == sorted(expected_servers)
     assert sorted(reader.pushed.search_domains) == sorted(names)
+
+
+@given(
+    st.dictionaries(st.integers(-5, 20), st.lists(st.ip_addresses(), min_size=1, max_size=3)),
+    servers,
+    st.randoms(use_true_random=False),
+)
+def test_dns_servers_go_by_priority_and_replace_dhcp_ones(
+    by_priority: dict[int, list[ipaddress._BaseAddress]], dhcp: list[str], rnd: random.Random
+) -> None:
+    options = [
+        f"dns server {number} address "
+        + " ".join(f"[{a}]:53" if a.version == 6 else str(a) for a in addresses)
+        for number, addresses in by_priority.items()
+    ]
+    rnd.shuffle(options)
+    # The dhcp-option ones keep their order among themselves, wherever they fall.
+    dhcp_options = [f"dhcp-option DNS{'6' if ':' in a else ''} {a}" for a in dhcp]
+    merged: list[str] = []
+    while options or dhcp_options:
+        pick = dhcp_options and (not options or rnd.random() < 0.5)
+        merged.append((dhcp_options if pick else options).pop(0))
+    options = merged
+    expected = [str(a) for _, group in sorted(by_priority.items()) for a in group]
+    if not by_priority:
+        expected = dhcp
+    got = [s.address for s in parse_push_options(options).servers]
+    assert got == list(dict.fromkeys(expected))
 
 
 @given(st.text(max_size=300))
