@@ -52,22 +52,28 @@ def peer_address(remote: str) -> str:
 
 
 class NetworkWatch:
-    """Calls `on_change(what)` when the way to the server `peer()` names changes."""
+    """Calls `on_change(what)` when the way to the server `tunnel()` names changes."""
 
     def __init__(
-        self, on_change: Callable[[str], None], peer: Callable[[], str], quiet: float = QUIET
+        self,
+        on_change: Callable[[str], None],
+        tunnel: Callable[[], tuple[str, object]],
+        quiet: float = QUIET,
     ) -> None:
-        """`peer()` is the address of the server of the tunnel that is up ("" if none)."""
+        """`tunnel()` is the server's address of the tunnel that is up ("" if none;
+        as `peer_address` reads it) and what tells that tunnel from the next one:
+        a tunnel made since is compared from its own start, never with the way
+        an earlier one took."""
         self._on_change = on_change
-        self._peer = peer
+        self._tunnel = tunnel
         self._quiet = quiet
         self._paths = netlink.Paths()
         self._socket: socket.socket | None = None
         self._dumps: list[int] = []
         self._sequence = 0
         self._most = max(quiet, MOST)
-        # The tunnel's server and the way to it as last compared.
-        self._before: tuple[str, netlink.Path | None] | None = None
+        # The tunnel's server, the tunnel, and the way to it as last compared.
+        self._before: tuple[str, object, netlink.Path | None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._burst_began = 0.0
 
@@ -178,9 +184,13 @@ class NetworkWatch:
         with: before the change at hand is applied."""
         if not self.ready:
             return
-        peer = peer_address(self._peer())
-        if self._before is None or self._before[0] != peer:
-            self._before = (peer, self._paths.path(peer) if peer else None)
+        peer, which = self._current()
+        if self._before is None or self._before[:2] != (peer, which):
+            self._before = (peer, which, self._paths.path(peer) if peer else None)
+
+    def _current(self) -> tuple[str, object]:
+        remote, which = self._tunnel()
+        return peer_address(remote), which
 
     def _settle_soon(self) -> None:
         """Compare once changes have been quiet for `quiet` seconds, but at most
@@ -199,12 +209,12 @@ class NetworkWatch:
         self._timer = None
         if self._before is None or not self.ready:
             return
-        peer, old = self._before
-        if not peer or peer_address(self._peer()) != peer:
+        peer, which, old = self._before
+        if not peer or self._current() != (peer, which):
             self._before = None  # no tunnel, or another one: its way is taken at the next change
             return
         new = self._paths.path(peer)
-        self._before = (peer, new)
+        self._before = (peer, which, new)
         if new == old:
             log.debug("links or routes changed; the way to %s did not (%s)", peer, new)
             return

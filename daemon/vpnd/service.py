@@ -353,7 +353,8 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     discovery.start()
     # A changed way to the server makes the tunnel again at once.
     network = NetworkWatch(
-        manager.network_changed, lambda: manager.connection.remote if manager.connection else ""
+        manager.network_changed,
+        lambda: (c.remote, c.connected_since) if (c := manager.connection) else ("", None),
     )
     network.start()
     interval = watchdog_interval(os.environ, os.getpid())

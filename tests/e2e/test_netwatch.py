@@ -79,6 +79,35 @@ def test_a_new_way_to_the_server_makes_the_tunnel_again(
         )
 
 
+def test_a_link_down_and_up_again_brings_the_tunnel_back(
+    vpnd: VpndProcess, portal: TestPortal, openvpn_lab: OpenVPNLab, client_env: dict[str, str]
+) -> None:
+    env = client_env
+    lab = openvpn_lab
+    ok(vpnctl(["add", portal.base_url], env))
+    ok(vpnctl(["login", portal.host], env))
+    ok(vpnctl(["connect", portal.host, "--profile", "employees"], env))
+    [before] = openvpn_children(vpnd)
+    try:
+        ip("link", "set", lab.veth_host, "down")
+        # While it is down the tunnel is made again, and cannot come up.
+        deadline = time.monotonic() + WITHIN
+        while openvpn_children(vpnd) == [before]:
+            assert time.monotonic() < deadline, vpnd.log()[-3000:]
+            time.sleep(0.1)
+        time.sleep(2)
+        assert status(env)["state"] == "reconnecting"
+    finally:
+        ip("link", "set", lab.veth_host, "up")
+    back = time.monotonic()
+    while status(env)["state"] != "connected":
+        assert time.monotonic() - back < WITHIN, vpnd.log()[-3000:]
+        time.sleep(0.1)
+    assert f"the way to {lab.server_address} changed" in vpnd.log()
+    assert ping(lab.tunnel_gateway_udp)
+    ok(vpnctl(["disconnect"], env))
+
+
 def test_changes_elsewhere_leave_the_tunnel_alone(
     vpnd: VpndProcess, portal: TestPortal, openvpn_lab: OpenVPNLab, client_env: dict[str, str]
 ) -> None:
