@@ -29,7 +29,7 @@ from vpnd.protocols.dns import (
     parse_push_options,
 )
 from vpnd.protocols.management import StateEvent
-from vpnd.tunnel.dns import RECORD_NAME, DnsFailed, DnsKeeper
+from vpnd.tunnel.dns import RECORD_NAME, DnsFailed, DnsKeeper, Resolvconf
 from vpnd.tunnel.events import TunnelEvent, TunnelExited, Up
 from vpnd.tunnel.openvpn import Tunnel, TunnelSettings
 
@@ -347,6 +347,55 @@ async def test_apply_records_the_link_and_revert_takes_it_back(tmp_path: Path) -
     assert resolver.links == {} and not (tmp_path / RECORD_NAME).exists()
     await keeper.revert()  # nothing left: nothing done
     assert resolver.calls == [("apply", index), ("revert", index)]
+
+
+async def test_the_same_link_is_set_over_without_a_gap(tmp_path: Path) -> None:
+    resolver = FakeResolver()
+    keeper = DnsKeeper(tmp_path, [resolver])
+    assert await keeper.apply(SETTINGS)
+    other = DnsSettings(LINK, (DnsServer("10.8.0.9"),))
+    assert await keeper.apply(other)
+    index = socket.if_nametoindex(LINK)
+    assert resolver.calls == [("apply", index), ("apply", index)]
+    assert resolver.links == {index: other} and keeper.applied == other
+    resolver.running = False  # the way it was set is gone: taken back, not set over
+    assert not await keeper.apply(SETTINGS)
+    assert resolver.calls[-1] == ("revert", index)
+
+
+async def test_a_cancelled_resolvconf_run_finishes_before_the_next(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    program = tmp_path / "resolvconf"
+    program.write_text(
+        f'#!/bin/sh\necho "start $1 $2" >> {calls}\ncat > {tmp_path}/input$1\n'
+        f'sleep 0.2\necho "end $1" >> {calls}\n'
+    )
+    program.chmod(0o755)
+    resolvconf = Resolvconf(str(program))
+    applying = asyncio.create_task(resolvconf.apply(1, SETTINGS))
+    await until(lambda: calls.exists())
+    applying.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await applying
+    await resolvconf.revert(1, LINK)
+    assert calls.read_text().split("\n") == [
+        f"start -a {LINK}.vpnd",
+        "end -a",
+        f"start -d {LINK}.vpnd",
+        "end -d",
+        "",
+    ]
+    assert (tmp_path / "input-a").read_text() == "nameserver 10.8.0.1\nsearch corp.example\n"
+
+
+async def test_a_failing_resolvconf_says_why(tmp_path: Path) -> None:
+    program = tmp_path / "resolvconf"
+    program.write_text("#!/bin/sh\necho 'resolvconf: Error: no way' >&2\nexit 3\n")
+    program.chmod(0o755)
+    with pytest.raises(DnsFailed, match="failed \\(3\\): resolvconf: Error: no way"):
+        await Resolvconf(str(program)).apply(1, SETTINGS)
+    with pytest.raises(DnsFailed, match="cannot run"):
+        await Resolvconf(str(tmp_path / "missing")).apply(1, SETTINGS)
 
 
 async def test_the_first_running_resolver_is_used(tmp_path: Path) -> None:

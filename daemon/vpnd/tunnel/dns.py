@@ -185,6 +185,16 @@ class Resolvconf:
         await self._run("-d", _entry(link), "")
 
     async def _run(self, flag: str, entry: str, text: str) -> None:
+        # A run that was started finishes even if its caller is cancelled: a
+        # `-d` that follows must never overtake the `-a` before it.
+        run = asyncio.ensure_future(self._exec(flag, entry, text))
+        try:
+            await asyncio.shield(run)
+        except asyncio.CancelledError:
+            await asyncio.wait({run})
+            raise
+
+    async def _exec(self, flag: str, entry: str, text: str) -> None:
         try:
             process = await asyncio.create_subprocess_exec(
                 self._program,
@@ -238,13 +248,25 @@ class DnsKeeper:
 
         A failure is logged, not raised: the tunnel works without its DNS."""
         async with self._lock:
-            await self._revert()
             try:
                 ifindex = socket.if_nametoindex(settings.link)
             except OSError:
+                await self._revert()
                 log.warning("cannot set DNS on %s: the link is gone", settings.link)
                 return False
-            backend = await self._choose()
+            # The same link the same way is set over (a tunnel that came back),
+            # without a moment of no DNS in between; for another link, or when
+            # that way is gone, what was set goes first.
+            kept = self._backend
+            if (
+                kept is None
+                or self._ifindex != ifindex
+                or self.applied is None
+                or self.applied.link != settings.link
+                or not await kept.available()
+            ):
+                await self._revert()
+            backend = self._backend or await self._choose()
             if backend is None:
                 log.warning(
                     "the tunnel's DNS (%s) is not used: neither systemd-resolved nor"
