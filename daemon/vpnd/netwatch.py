@@ -69,7 +69,8 @@ class NetworkWatch:
         self._quiet = quiet
         self._paths = netlink.Paths()
         self._socket: socket.socket | None = None
-        self._dumps: list[int] = []
+        # The dumps asked for and not yet answered: until then nothing is compared.
+        self._dumps: list[int] = [netlink.RTM_GETLINK, netlink.RTM_GETROUTE]
         self._sequence = 0
         self._most = max(quiet, MOST)
         # The tunnel's server, the tunnel, and the way to it as last compared.
@@ -117,7 +118,7 @@ class NetworkWatch:
     @property
     def ready(self) -> bool:
         """Whether the first full picture of links and routes is in."""
-        return self._socket is not None and not self._dumps
+        return not self._dumps
 
     def _dump_all(self) -> None:
         """Ask for every link, then every route (one dump at a time per socket)."""
@@ -152,17 +153,19 @@ class NetworkWatch:
                 self._note_before()
                 self._dump_all()
                 continue
-            try:
-                events = netlink.parse(data)
-            except netlink.NetlinkMalformed as exc:
-                log.warning(
-                    "a network change did not parse (%s); reading the whole state again", exc
-                )
-                self._note_before()
-                self._dump_all()
-                continue
-            for event in events:
-                self._take(event)
+            self.feed(data)
+
+    def feed(self, data: bytes) -> None:
+        """Take in one datagram from the kernel: changes, or answers to a dump."""
+        try:
+            events = netlink.parse(data)
+        except netlink.NetlinkMalformed as exc:
+            log.warning("a network change did not parse (%s); reading the whole state again", exc)
+            self._note_before()
+            self._dump_all()
+            return
+        for event in events:
+            self._take(event)
 
     def _take(self, event: netlink.Event) -> None:
         if isinstance(event, netlink.Done | netlink.Failed):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 import struct
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vpnd.netwatch import peer_address
+from vpnd.netwatch import NetworkWatch, peer_address
 from vpnd.protocols import netlink as nl
 from vpnd.protocols.netlink import Done, Failed, Link, NetlinkMalformed, Path, Paths, Route, parse
 
@@ -255,3 +256,109 @@ def test_peer_address() -> None:
     assert peer_address("2001:db8::1:1194") == "2001:db8::1"  # as the manager writes it
     assert peer_address("") == ""
     assert peer_address("vpn.example.org:1194") == ""
+
+
+# --- the watcher's decisions, fed datagrams as the kernel sends them ----------------
+
+ETH0 = Link(2, "eth0", "", True, True)
+WLAN0 = Link(3, "wlan0", "", True, True)
+TUN0 = Link(9, "tun0", "tun", True, True)
+DONE = message(nl.NLMSG_DONE, b"\0" * 4)
+
+
+class Tunnel:
+    """What the manager tells the watcher: the server of the tunnel that is up."""
+
+    def __init__(self) -> None:
+        self.remote = ""
+        self.since = 0.0
+
+    def __call__(self) -> tuple[str, object]:
+        return self.remote, self.since
+
+
+async def fed_watch(tunnel: Tunnel) -> tuple[NetworkWatch, list[str]]:
+    changes: list[str] = []
+    watch = NetworkWatch(changes.append, tunnel, quiet=0.01)
+    assert not watch.ready
+    watch.feed(encode_link(ETH0) + encode_link(WLAN0) + DONE)
+    assert not watch.ready  # the routes are still to come
+    watch.feed(encode_route(route("0.0.0.0/0", 2, "192.0.2.1", 100)) + DONE)
+    assert watch.ready
+    return watch, changes
+
+
+async def settle() -> None:
+    await asyncio.sleep(0.05)
+
+
+async def test_a_new_way_to_the_server_is_reported_once_the_changes_settle() -> None:
+    tunnel = Tunnel()
+    watch, changes = await fed_watch(tunnel)
+    tunnel.remote, tunnel.since = "203.0.113.5:1194", 1.0
+    # openvpn's own routes through its tun device change nothing.
+    watch.feed(encode_link(TUN0) + encode_route(route("0.0.0.0/1", 9)))
+    await settle()
+    assert changes == []
+    # Roaming: the old default route goes, one on another link comes.
+    watch.feed(encode_route(route("0.0.0.0/0", 2, "192.0.2.1", 100, removed=True)))
+    watch.feed(encode_route(route("0.0.0.0/0", 3, "198.51.100.1", 600)))
+    await settle()
+    assert changes == [
+        "the way to 203.0.113.5 changed from via 192.0.2.1 on eth0 to via 198.51.100.1 on wlan0"
+    ]
+    watch.feed(encode_link(Link(3, "wlan0", "", True, False)))
+    await settle()
+    assert changes[-1] == (
+        "the way to 203.0.113.5 changed from via 198.51.100.1 on wlan0"
+        " to via 198.51.100.1 on wlan0 (down)"
+    )
+    watch.feed(encode_link(Link(3, "wlan0", "", False, False)))
+    await settle()
+    assert changes[-1] == (
+        "there is no way to 203.0.113.5 any more (it was via 198.51.100.1 on wlan0 (down))"
+    )
+    watch.close()
+
+
+async def test_a_change_and_its_undoing_within_the_quiet_time_is_none() -> None:
+    tunnel = Tunnel()
+    watch, changes = await fed_watch(tunnel)
+    tunnel.remote, tunnel.since = "203.0.113.5:1194", 1.0
+    watch.feed(encode_route(route("0.0.0.0/0", 2, "192.0.2.1", 100, removed=True)))
+    watch.feed(encode_route(route("0.0.0.0/0", 2, "192.0.2.1", 100)))
+    await settle()
+    assert changes == []
+
+
+async def test_a_tunnel_made_since_is_compared_from_its_own_start() -> None:
+    tunnel = Tunnel()
+    watch, changes = await fed_watch(tunnel)
+    tunnel.remote, tunnel.since = "203.0.113.5:1194", 1.0
+    watch.feed(encode_route(route("0.0.0.0/0", 2, "192.0.2.1", 100, removed=True)))
+    watch.feed(encode_route(route("0.0.0.0/0", 3, "198.51.100.1", 600)))
+    # A new tunnel came up over the new way before the changes settled:
+    # nothing is left to make again.
+    tunnel.since = 2.0
+    await settle()
+    assert changes == []
+    # Without a tunnel nothing is compared.
+    tunnel.remote = ""
+    watch.feed(encode_route(route("0.0.0.0/0", 3, "198.51.100.1", 600, removed=True)))
+    await settle()
+    assert changes == []
+
+
+async def test_a_datagram_that_does_not_parse_asks_for_everything_again() -> None:
+    tunnel = Tunnel()
+    watch, changes = await fed_watch(tunnel)
+    tunnel.remote, tunnel.since = "203.0.113.5:1194", 1.0
+    watch.feed(b"\xff" * 7)
+    assert not watch.ready
+    # The new picture differs from the one before it: that is a change.
+    watch.feed(encode_link(ETH0) + encode_link(WLAN0) + DONE)
+    watch.feed(encode_route(route("0.0.0.0/0", 3, "198.51.100.1", 600)) + DONE)
+    await settle()
+    assert changes == [
+        "the way to 203.0.113.5 changed from via 192.0.2.1 on eth0 to via 198.51.100.1 on wlan0"
+    ]
