@@ -224,14 +224,21 @@ def test_within_one_edit_agrees_with_the_reference(a: str, b: str) -> None:
     assert s.within_one_edit(a, b) == (osa_distance(a, b) <= 1)
 
 
-@settings(deadline=None)
-@given(st.text("abc", min_size=1, max_size=4))
-def test_every_variant_is_one_edit_away_and_every_neighbour_is_a_variant(word: str) -> None:
-    variants = s.one_edit_variants(word, "abc")
-    assert all(osa_distance(word, v) == 1 for v in variants)
-    for other in ("".join(t) for t in _strings("abc", len(word) - 1, len(word) + 1)):
-        if osa_distance(word, other) == 1:
-            assert other in variants
+@settings(max_examples=200, deadline=None)
+@given(st.text("abc", min_size=4, max_size=7), st.sets(st.text("abc", max_size=8), max_size=60))
+def test_the_words_one_typo_away_are_all_found_and_only_they(
+    word: str, vocabulary: set[str]
+) -> None:
+    vocabulary |= {w for w in ("".join(t) for t in _strings("abc", 3, 5)) if hash(w) % 3 == 0}
+    expected = sorted(v for v in vocabulary if v != word and osa_distance(word, v) == 1)
+    postings = s._Postings([(sorted(vocabulary), [0] * len(vocabulary))])
+    assert postings.near(word) == expected
+    few, s._NEAR_CANDIDATES = s._NEAR_CANDIDATES, 0  # every look-up narrowed down to the end
+    try:
+        narrowed = s._Postings([(sorted(vocabulary), [0] * len(vocabulary))]).near(word)
+    finally:
+        s._NEAR_CANDIDATES = few
+    assert narrowed == expected
 
 
 def _strings(alphabet: str, shortest: int, longest: int) -> list[tuple[str, ...]]:
@@ -287,3 +294,125 @@ def _strip_accents(text: str) -> str:
     return "".join(
         ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch)
     )
+
+
+# --- the index agrees with a plain scan ------------------------------------------------
+
+
+def _reference_search(entries: list[Entry], query: str) -> list[tuple[str, str, bool]]:
+    """Every hit, ranked, found by looking at each entry in turn: what the index
+    must give, however it finds it."""
+    query_words = s.words(query)[: s.MAX_QUERY_WORDS]
+    text = " ".join(query_words)
+
+    def texts(value: Any) -> list[str]:
+        return [value] if isinstance(value, str) else list(value.values())
+
+    def sort_name(entry: Entry) -> str:
+        value, fallback = entry.display_name, entry.country_code or entry.ident
+        if isinstance(value, dict) and value:
+            english = [tag for tag in value if tag.lower().startswith("en")]
+            value = value["en"] if "en" in value else value[min(english or value)]
+        return s.normalize(value or fallback) if isinstance(value, str) else s.normalize(fallback)
+
+    ordered = sorted(entries, key=lambda e: (sort_name(e), s.KINDS.index(e.kind), e.ident))
+    if not query_words:
+        return [(entry.ident, "", False) for entry in ordered]
+    hits: list[tuple[int, str, str, bool]] = []
+    for entry in ordered:
+        fallback = entry.country_code or entry.ident
+        names = [s.normalize(t) for t in texts(entry.display_name) or [fallback]]
+        names = names if entry.display_name else [s.normalize(fallback)]
+        name_words = [w for name in names for w in name.split()]
+        keyword_words = [w for t in texts(entry.keyword_list) for w in s.normalize(t).split()]
+        keyword_words += [entry.country_code.lower()] if entry.country_code else []
+
+        def starts(pool: list[str]) -> bool:
+            return all(any(w.startswith(q) for w in pool) for q in query_words)
+
+        def near(pool: list[str]) -> bool:
+            return all(
+                any(
+                    w.startswith(q) or (len(q) >= s.FUZZY_MIN_LENGTH and s.within_one_edit(q, w))
+                    for w in pool
+                )
+                for q in query_words
+            )
+
+        single = len(query_words) == 1
+        tiers = [
+            ("exact", False, text in names),
+            ("exact", True, single and text in keyword_words),
+            ("prefix", False, any(n.startswith(text) for n in names)),
+            ("prefix", True, single and any(w.startswith(text) for w in keyword_words)),
+            ("word-prefix", False, starts(name_words)),
+            ("word-prefix", True, starts(name_words + keyword_words)),
+            ("substring", False, any(text in n for n in names)),
+            ("substring", True, any(text in w for w in keyword_words)),
+            ("fuzzy", False, near(name_words)),
+            ("fuzzy", True, near(name_words + keyword_words)),
+        ]
+        for tier, (match, in_keywords, matched) in enumerate(tiers):
+            if query_words and matched:
+                hits.append((tier, entry.ident, match, in_keywords))
+                break
+    hits.sort(key=lambda hit: hit[0])  # stable: name order within a tier
+    return [(ident, match, in_keywords) for _, ident, match, in_keywords in hits]
+
+
+_letters = st.sampled_from([*"abcdeéèäøsßtuvαβγάκκ東京学", " ", "-", "É", "A"])
+_texts = st.text(_letters, min_size=1, max_size=14)
+_names = _texts | st.dictionaries(
+    st.sampled_from(["en", "nl", "fr", "el", "en-GB"]), _texts, min_size=1, max_size=3
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(_names, _texts | st.just(""), st.sampled_from(s.KINDS)), max_size=12),
+    st.data(),
+)
+def test_the_index_finds_what_a_plain_scan_finds(
+    raw: list[tuple[Any, str, str]], data: st.DataObject
+) -> None:
+    entries = [
+        Entry(
+            kind=kind,
+            ident=f"id{n}",
+            display_name=name,
+            keyword_list=keywords,
+            country_code="NL" if kind == s.SECURE_INTERNET_KIND else "",
+        )
+        for n, (name, keywords, kind) in enumerate(raw)
+    ]
+    index = SearchIndex(entries)
+    known = [
+        w
+        for e in entries
+        for t in (
+            [e.display_name] if isinstance(e.display_name, str) else list(e.display_name.values())
+        )
+        for w in s.words(t)
+    ]
+    query = data.draw(
+        _texts
+        | (st.sampled_from(known) if known else _texts)
+        | (st.sampled_from(known).map(lambda w: w[1:] + "x") if known else _texts)
+        | (
+            st.lists(st.sampled_from(known), min_size=2, max_size=3).map(" ".join)
+            if known
+            else _texts
+        )
+    )
+    expected = _reference_search(entries, query)
+    found = [(h.entry.ident, h.match, h.in_keywords) for h in index.search(query, limit=0)]
+    assert found == expected
+    # The same when the index never looks in the entries' texts (as it does
+    # when few are left) but always in its postings, as for a large list.
+    few, s._CANDIDATES, s._NEAR_CANDIDATES = s._CANDIDATES, 0, 0
+    try:
+        index._near.clear()
+        found = [(h.entry.ident, h.match, h.in_keywords) for h in index.search(query, limit=0)]
+    finally:
+        s._CANDIDATES, s._NEAR_CANDIDATES = few, 16
+    assert found == expected

@@ -478,7 +478,7 @@ class _Reader:
         return MalformedList(f"{self.file_name}: entry {index} {what}")
 
     def translated(
-        self, value: object, index: int, field: str, limit: int, *, required: bool
+        self, value: object, index: int, field: str, limit: int, required: bool
     ) -> Translated:
         # The common case (printable text) stays on the fast path: lists hold
         # thousands of these.
@@ -502,6 +502,21 @@ class _Reader:
                 if not LANGUAGE_TAG_RE.fullmatch(tag):
                     raise self.fail(index, f'has a "{field}" with a key that is not a language tag')
                 self._tags.add(tag)
+        # The common case checked for all languages at once: printable texts, none
+        # empty, too long or with space around it; the map is then kept as it is.
+        values = list(value.values())
+        try:
+            joined = "".join(values)
+        except TypeError:  # a translation that is not a string: said below
+            joined = "\n"
+        if (
+            values
+            and joined.isprintable()
+            and all(values)
+            and max(map(len, values)) <= limit
+            and list(map(str.strip, values)) == values
+        ):
+            return value
         texts: dict[str, str] = {}
         for tag, text in value.items():
             if not isinstance(text, str):
@@ -631,6 +646,7 @@ def parse_organization_list(body: bytes) -> OrganizationList:
     organizations: list[Organization] = []
     seen: set[str] = set()
     entries = _entries(doc, "organization_list", MAX_ORGANIZATIONS, ORGANIZATION_LIST)
+    translated, base_url = reader.translated, reader.base_url
     for index, raw in enumerate(entries):
         entry = _object(raw, reader, index)
         org_id = entry.get("org_id")
@@ -639,22 +655,15 @@ def parse_organization_list(body: bytes) -> OrganizationList:
         if org_id in seen:
             raise reader.fail(index, "repeats an org_id")
         seen.add(org_id)
+        # Positional arguments: this runs for every one of thousands of entries.
         organizations.append(
             Organization(
-                org_id=org_id,
-                display_name=reader.translated(
-                    entry.get("display_name"),
-                    index,
-                    "display_name",
-                    MAX_DISPLAY_NAME,
-                    required=True,
+                org_id,
+                translated(
+                    entry.get("display_name"), index, "display_name", MAX_DISPLAY_NAME, True
                 ),
-                secure_internet_home=reader.base_url(
-                    entry.get("secure_internet_home"), index, "secure_internet_home"
-                ),
-                keyword_list=reader.translated(
-                    entry.get("keyword_list"), index, "keyword_list", MAX_KEYWORDS, required=False
-                ),
+                base_url(entry.get("secure_internet_home"), index, "secure_internet_home"),
+                translated(entry.get("keyword_list"), index, "keyword_list", MAX_KEYWORDS, False),
             )
         )
     return OrganizationList(version=version, organizations=tuple(organizations))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
+import operator
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -63,15 +64,22 @@ MAX_QUERY_WORDS = 16
 _NEAR_MEMORY = 256
 
 # ASCII and Latin-1 punctuation and symbols, general and CJK punctuation and
-# their full-width forms break words, as whitespace does. Everything else
+# their full-width forms break words, as whitespace does; so does "\x01", which
+# separates an entry's texts where the index joins them. Everything else
 # (letters and digits of any script, spacing marks) belongs to a word.
-_BREAKS = re.compile(
-    r"[!-/:-@\[-`{-~\u00a0-\u00bf\u2000-\u206f\u2e00-\u2e7f"
-    r"\u3000-\u303f\ufe30-\ufe4f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65]+"
+_BREAK_CLASS = (
+    r"\x01!-/:-@\[-`{-~\u00a0-\u00bf\u2000-\u206f\u2e00-\u2e7f"
+    r"\u3000-\u303f\ufe30-\ufe4f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
 )
-_BEYOND_BMP = re.compile("[\U00010000-\U0010ffff]")
+_BREAKS = re.compile(f"[{_BREAK_CLASS}]+")
+_BREAKS_AND_SPACES = re.compile(rf"[{_BREAK_CLASS}\s]+")
+# The same for ASCII text, bytewise: breaks and whitespace become spaces.
+_ASCII_SPACED = bytes(c for c in range(128) if _BREAKS_AND_SPACES.fullmatch(chr(c)))
+_ASCII_BREAKS = bytes.maketrans(_ASCII_SPACED, b" " * len(_ASCII_SPACED))
 # Separates texts folded together; never part of a (cleaned) text, and not a break.
 _SEPARATOR = "\x00"
+# Separates an entry's texts in the one text the index keeps of them; a break.
+_MARK = "\x01"
 _LAST_CHAR = "\U0010ffff"
 
 
@@ -110,7 +118,9 @@ def fold(text: str) -> str:
     text = unicodedata.normalize("NFKD", text).casefold()
     basic, beyond = _combining_marks()
     text = basic.sub("", text)
-    if _BEYOND_BMP.search(text):
+    # Only a text with characters beyond the Basic Multilingual Plane takes
+    # more than two bytes a character in UTF-16.
+    if len(text.encode("utf-16-le", "surrogatepass")) > 2 * len(text):
         text = beyond.sub("", text)
     return text
 
@@ -126,18 +136,37 @@ def normalize(text: str) -> str:
 
 
 def _normalize_all(texts: Sequence[str]) -> list[str]:
-    """normalize() of each text, done on many at once (much faster)."""
+    """normalize() of each text, done on many at once (much faster): the texts are
+    joined, folded and broken into words in a few passes over the whole, with no
+    step taken per text in Python."""
     result = [""] * len(texts)
-    ascii_texts: list[int] = []
-    other_texts: list[int] = []
-    for n, text in enumerate(texts):
-        (ascii_texts if text.isascii() else other_texts).append(n)
-    for group in (ascii_texts, other_texts):
-        if group:
-            joined = _SEPARATOR.join([texts[n] for n in group])
-            folded = _BREAKS.sub(" ", fold(joined)).split(_SEPARATOR)
-            for n, text in zip(group, folded, strict=True):
-                result[n] = " ".join(text.split())
+    flags = list(map(str.isascii, texts))
+    for ascii_group in (True, False):
+        group = list(itertools.compress(itertools.count(), map(ascii_group.__eq__, flags)))
+        if not group:
+            continue
+        joined = _SEPARATOR.join(map(texts.__getitem__, group))
+        if joined.count(_SEPARATOR) != len(group) - 1:
+            # A text holds the separator (never one of a list): one at a time.
+            for n in group:
+                result[n] = normalize(texts[n])
+            continue
+        if ascii_group:
+            # ASCII stays ASCII when folded: lower case, and breaks made spaces bytewise.
+            spaced = joined.lower().encode("ascii").translate(_ASCII_BREAKS).decode("ascii")
+            while "  " in spaced:
+                spaced = spaced.replace("  ", " ")
+        else:
+            spaced = _BREAKS.sub(" ", fold(joined))
+            # What whitespace other than the space is left is not printable; the
+            # common case, none, is seen in one quick pass rather than a regex.
+            if spaced.replace(_SEPARATOR, "").isprintable():
+                while "  " in spaced:
+                    spaced = spaced.replace("  ", " ")
+            else:
+                spaced = _BREAKS_AND_SPACES.sub(" ", spaced)
+        for n, text in zip(group, map(str.strip, spaced.split(_SEPARATOR)), strict=True):
+            result[n] = text
     return result
 
 
@@ -145,27 +174,6 @@ def _texts(value: Translated) -> list[str]:
     if isinstance(value, str):
         return [value] if value else []
     return list(value.values())
-
-
-def _primary(value: Translated) -> str:
-    """The text names are sorted by: the English one, else the first language's."""
-    if isinstance(value, str):
-        return value
-    if not value:
-        return ""
-    english = value.get("en")
-    if english is not None:
-        return english
-    return value[min(value, key=lambda tag: (not tag.lower().startswith("en"), tag))]
-
-
-@functools.lru_cache(maxsize=4096)
-def _script(letter: str) -> str:
-    """The script a letter belongs to, as the first word of its Unicode name
-    ("LATIN", "GREEK", "CJK", …; "DIGIT" for digits)."""
-    if letter.isdigit():
-        return "DIGIT"
-    return unicodedata.name(letter, "").split(" ", 1)[0]
 
 
 def within_one_edit(a: str, b: str) -> bool:
@@ -185,24 +193,6 @@ def within_one_edit(a: str, b: str) -> bool:
     if a[i + 1 :] == b[i + 1 :]:
         return True
     return i + 1 < len(a) and a[i] == b[i + 1] and a[i + 1] == b[i] and a[i + 2 :] == b[i + 2 :]
-
-
-def one_edit_variants(word: str, alphabet: Iterable[str]) -> set[str]:
-    """Every string one edit away from `word` with letters from `alphabet`."""
-    letters = list(set(alphabet))
-    variants = {word[:i] + word[i + 1 :] for i in range(len(word))}
-    variants.update(
-        [word[:i] + word[i + 1] + word[i] + word[i + 2 :] for i in range(len(word) - 1)]
-    )
-    for i in range(len(word) + 1):
-        head, tail = word[:i], word[i:]
-        # Lists, not generators: these run for every letter at every position.
-        variants.update([head + letter + tail for letter in letters])
-        if tail:
-            rest = tail[1:]
-            variants.update([head + letter + rest for letter in letters])
-    variants.discard(word)
-    return variants
 
 
 # --- entries and hits ------------------------------------------------------------
@@ -230,16 +220,17 @@ class Entry:
 
 def server_entries(servers: Iterable[DiscoveredServer]) -> list[Entry]:
     """The entries of a server list (or of a legacy instance list)."""
+    # Positional arguments: this runs for every one of thousands of entries.
     return [
         Entry(
-            kind=SECURE_INTERNET_KIND
+            SECURE_INTERNET_KIND
             if server.server_type == SECURE_INTERNET
             else INSTITUTE_ACCESS_KIND,
-            ident=server.base_url,
-            display_name=server.display_name,
-            keyword_list=server.keyword_list,
-            country_code=server.country_code,
-            source=server,
+            server.base_url,
+            server.display_name,
+            server.keyword_list,
+            server.country_code,
+            server,
         )
         for server in servers
     ]
@@ -248,13 +239,7 @@ def server_entries(servers: Iterable[DiscoveredServer]) -> list[Entry]:
 def organization_entries(organizations: Iterable[Organization]) -> list[Entry]:
     """The entries of an organization list."""
     return [
-        Entry(
-            kind=ORGANIZATION_KIND,
-            ident=org.org_id,
-            display_name=org.display_name,
-            keyword_list=org.keyword_list,
-            source=org,
-        )
+        Entry(ORGANIZATION_KIND, org.org_id, org.display_name, org.keyword_list, "", org)
         for org in organizations
     ]
 
@@ -276,69 +261,166 @@ _TIERS = tuple((match, in_keywords) for match in MATCHES for in_keywords in (Fal
 _KIND_ORDER = {kind: n for n, kind in enumerate(KINDS)}
 
 
-class _Words:
-    """Words (or texts), each with the entries holding it, sorted for look-ups.
+class _Postings:
+    """The words of several pools (the words of names, of keywords, …), each with
+    the entries holding it, sorted for look-ups.
 
-    The distinct words are sorted once; the entries are kept as one list
-    ordered by word, so the entries of a word, or of every word with a
-    prefix, are one slice. Built by C-level sorting and mapping (of word
-    numbers, not strings), so that thousands of entries index fast.
+    Every distinct word gets a number in sorted order, and each pool its own
+    run of numbers; the entries are kept as one list ordered by number, so
+    the entries of a word, or of every word with a prefix, are one slice.
+    Built by C-level sorting and mapping (of numbers, not strings), so that
+    thousands of entries index fast.
     """
 
-    def __init__(self, words: list[str], ids: list[int]) -> None:
-        self.sorted = sorted(set(words))
-        number = {word: n for n, word in enumerate(self.sorted)}
-        codes = list(map(number.__getitem__, words))
+    def __init__(self, pools: Sequence[tuple[Iterable[str], Iterable[int]]]) -> None:
+        materialized = [(list(words), owners) for words, owners in pools]
+        self.sorted = sorted(set(itertools.chain.from_iterable(w for w, _ in materialized)))
+        number = dict(zip(self.sorted, itertools.count()))
+        self._span = len(self.sorted)
+        codes: list[int] = []
+        ids: list[int] = []
+        for pool, (pool_words, owners) in enumerate(materialized):
+            pool_codes: Iterable[int] = map(number.__getitem__, pool_words)
+            if pool:
+                pool_codes = map(operator.add, pool_codes, itertools.repeat(pool * self._span))
+            codes.extend(pool_codes)
+            ids.extend(owners)
         order = sorted(range(len(codes)), key=codes.__getitem__)
         # The word number of each place, and the entry there.
         self._codes = list(map(codes.__getitem__, order))
         self._ids = list(map(ids.__getitem__, order))
 
-    def _entries(self, first: int, last: int) -> set[int]:
-        """Entries holding a word numbered first to last - 1."""
-        start = bisect.bisect_left(self._codes, first)
-        return set(self._ids[start : bisect.bisect_left(self._codes, last, start)])
-
-    def holding(self, word: str) -> set[int]:
-        """Entries holding `word`."""
-        n = bisect.bisect_left(self.sorted, word)
-        if n == len(self.sorted) or self.sorted[n] != word:
-            return set()
-        return self._entries(n, n + 1)
+    def _slice(self, pool: int, first: int, last: int) -> tuple[int, int]:
+        """Where the entries of words numbered first to last - 1 of `pool` lie."""
+        base = pool * self._span
+        start = bisect.bisect_left(self._codes, base + first)
+        return start, bisect.bisect_left(self._codes, base + last, start)
 
     def _range(self, prefix: str) -> tuple[int, int]:
         first = bisect.bisect_left(self.sorted, prefix)
         return first, bisect.bisect_left(self.sorted, prefix + _LAST_CHAR, first)
 
-    def starting_with(self, prefix: str) -> set[int]:
-        """Entries holding a word that starts with `prefix`."""
-        return self._entries(*self._range(prefix))
+    def _number(self, word: str) -> int | None:
+        n = bisect.bisect_left(self.sorted, word)
+        return n if n < len(self.sorted) and self.sorted[n] == word else None
 
-    def count_starting_with(self, prefix: str) -> int:
-        """How many distinct words start with `prefix`."""
-        first, last = self._range(prefix)
-        return last - first
+    def holding(self, pool: int, word: str) -> set[int]:
+        """Entries holding `word` in `pool`."""
+        n = self._number(word)
+        return set() if n is None else set(self._ids[slice(*self._slice(pool, n, n + 1))])
 
-    @functools.cached_property
-    def vocabulary(self) -> frozenset[str]:
-        """Every distinct word."""
-        return frozenset(self.sorted)
+    def starting_with(self, pool: int, prefix: str) -> set[int]:
+        """Entries holding a word that starts with `prefix` in `pool`."""
+        return set(self._ids[slice(*self._slice(pool, *self._range(prefix)))])
+
+    def count_holding(self, pool: int, word: str) -> int:
+        """How many entries hold `word` in `pool`."""
+        n = self._number(word)
+        if n is None:
+            return 0
+        start, end = self._slice(pool, n, n + 1)
+        return end - start
+
+    def count_starting_with(self, pool: int, prefix: str) -> int:
+        """How many (word, entry) pairs of `pool` have a word starting with `prefix`."""
+        start, end = self._slice(pool, *self._range(prefix))
+        return end - start
 
     @functools.cached_property
     def _joined(self) -> tuple[list[int], str]:
         """Every distinct word one after the other, for substring search (made at first use)."""
         return _blob(self.sorted)
 
-    def containing(self, text: str) -> set[int]:
-        """Entries holding a word that contains `text`."""
+    def containing(self, pool: int, text: str) -> set[int]:
+        """Entries holding a word that contains `text` in `pool`."""
         found: set[int] = set()
         starts, blob = self._joined
         pos = blob.find(text)
         while pos != -1:
             k = bisect.bisect_right(starts, pos) - 1
-            found |= self._entries(k, k + 1)
+            found.update(self._ids[slice(*self._slice(pool, k, k + 1))])
             # On to the next word: this one has given its entries.
             pos = blob.find(text, starts[k + 1]) if k + 1 < len(starts) else -1
+        return found
+
+    @functools.cached_property
+    def _by_length(self) -> dict[int, tuple[list[str], list[str]]]:
+        """The words of each length, sorted, and sorted written backwards (made at
+        first use, for the words one typo away from a query word)."""
+        lengths: dict[int, list[str]] = {}
+        for word in self.sorted:
+            lengths.setdefault(len(word), []).append(word)
+        return {
+            length: (group, sorted(map(_BACKWARDS, group))) for length, group in lengths.items()
+        }
+
+    def near(self, word: str) -> list[str]:
+        """Words one typo away from `word`.
+
+        A letter left out, or two neighbours swapped, gives one word for each
+        place: those are looked up. A letter changed at place i keeps the
+        first i letters and all after the first i + 1; a letter added, the
+        first i and all from i on. For a span of places, every such word of
+        that length starts with the letters the first place keeps and ends
+        with those the last keeps: two look-ups in sorted lists. Where the
+        smaller is still large, the span is halved; only the few words found
+        are compared letter by letter.
+        """
+        length = len(word)
+        vocabulary = self._vocabulary
+        found = {word[:i] + word[i + 1 :] for i in range(length)}
+        found.update(word[:i] + word[i + 1] + word[i] + word[i + 2 :] for i in range(length - 1))
+        found &= vocabulary
+        for size, gap in ((length, 1), (length + 1, 0)):
+            group = self._by_length.get(size)
+            if group is None:
+                continue
+            forwards, backwards = group
+            spans = [(0, length - gap)]
+            while spans:
+                low, high = spans.pop()
+                head, tail = word[:low], word[high + gap :]
+                backwards_tail = tail[::-1]
+                f_start = bisect.bisect_left(forwards, head)
+                f_end = bisect.bisect_left(forwards, head + _LAST_CHAR, f_start)
+                b_start = bisect.bisect_left(backwards, backwards_tail)
+                b_end = bisect.bisect_left(backwards, backwards_tail + _LAST_CHAR, b_start)
+                if min(f_end - f_start, b_end - b_start) > _NEAR_CANDIDATES and low < high:
+                    middle = (low + high) // 2
+                    spans += [(low, middle), (middle + 1, high)]
+                    continue
+                if f_end - f_start <= b_end - b_start:
+                    candidates = [k for k in forwards[f_start:f_end] if k.endswith(tail)]
+                else:
+                    candidates = [
+                        k for k in map(_BACKWARDS, backwards[b_start:b_end]) if k.startswith(head)
+                    ]
+                found.update(k for k in candidates if within_one_edit(word, k))
+        found.discard(word)
+        return sorted(found)
+
+    @functools.cached_property
+    def _vocabulary(self) -> frozenset[str]:
+        """Every distinct word (made at first use)."""
+        return frozenset(self.sorted)
+
+    @functools.cached_property
+    def _backwards(self) -> tuple[list[str], list[int]]:
+        """Every distinct word written backwards, sorted, and its number (made at first use)."""
+        pairs = sorted(zip(map(_BACKWARDS, self.sorted), itertools.count()))
+        return [backwards for backwards, _ in pairs], [number for _, number in pairs]
+
+    def ending_with(self, pool: int, suffix: str, most: int) -> set[int] | None:
+        """Entries holding a word that ends with `suffix` in `pool`; None when more
+        than `most` distinct words do (too many to look up one by one)."""
+        backwards, numbers = self._backwards
+        start = bisect.bisect_left(backwards, suffix[::-1])
+        end = bisect.bisect_left(backwards, suffix[::-1] + _LAST_CHAR, start)
+        if end - start > most:
+            return None
+        found: set[int] = set()
+        for number in numbers[start:end]:
+            found.update(self._ids[slice(*self._slice(pool, number, number + 1))])
         return found
 
 
@@ -348,97 +430,165 @@ def _blob(parts: Sequence[str]) -> tuple[list[int], str]:
     return starts[:-1], "\t".join(parts)
 
 
-def _owners(places: list[list[int]]) -> list[int]:
-    """Entry n once for each of its text positions."""
-    return list(
-        itertools.chain.from_iterable(map(itertools.repeat, itertools.count(), map(len, places)))
+def _flatten(groups: Sequence[Sequence[str]]) -> tuple[list[str], list[int]]:
+    """The items of every group, flat, and the number of the group each came from."""
+    items = list(itertools.chain.from_iterable(groups))
+    owners = list(
+        itertools.chain.from_iterable(map(itertools.repeat, itertools.count(), map(len, groups)))
     )
+    return items, owners
 
 
-def _text_pairs(places: list[list[int]], normalized: list[str]) -> tuple[list[str], list[int]]:
-    """Each entry's texts, flat, and the entry each belongs to."""
-    flat = list(itertools.chain.from_iterable(places))
-    return list(map(normalized.__getitem__, flat)), _owners(places)
+def _split_flat(texts: list[str], owners: list[int]) -> tuple[list[str], list[int]]:
+    """The words of normalized texts, flat, and the owner of the text each came from
+    (a normalized text has one word more than spaces, or none if it is empty)."""
+    counts = map(operator.add, map(_SPACES_IN, texts), map(bool, texts))
+    words = " ".join(texts).split()
+    word_owners = list(itertools.chain.from_iterable(map(itertools.repeat, owners, counts)))
+    return words, word_owners
 
 
-def _word_pairs(
-    places: list[list[int]], split: list[list[str]], extra: Sequence[str] = ()
-) -> tuple[list[str], list[int]]:
-    """The words of each entry's texts, flat, and the entry each belongs to; `extra[n]`,
-    when not "", is one more word of entry n."""
-    pieces = list(map(split.__getitem__, itertools.chain.from_iterable(places)))
-    words = list(itertools.chain.from_iterable(pieces))
-    ids = list(
-        itertools.chain.from_iterable(map(itertools.repeat, _owners(places), map(len, pieces)))
-    )
-    for n, word in enumerate(extra):
-        if word:
-            words.append(word)
-            ids.append(n)
-    return words, ids
+def _having(entries: Iterable[int], docs: list[str], needles: list[str]) -> set[int]:
+    """The entries whose text (in `docs`) holds any of `needles`."""
+    numbers = list(entries)
+    texts = list(map(docs.__getitem__, numbers))
+    kept: set[int] = set()
+    for needle in needles:
+        kept.update(
+            itertools.compress(numbers, map(operator.contains, texts, itertools.repeat(needle)))
+        )
+    return kept
+
+
+_NAMES, _KEYWORDS, _FIRST, _WHOLE = range(4)
+"""The pools of word postings: the words of names; the words of keywords (and the
+country code); the first word of each name; names of one word."""
+
+_BACKWARDS = operator.itemgetter(slice(None, None, -1))
+_SPACES_IN = operator.methodcaller("count", " ")
+_KIND = operator.attrgetter("kind")
+_IDENT = operator.attrgetter("ident")
+_COUNTRY = operator.attrgetter("country_code")
+_PARTITION = operator.methodcaller("partition", " ")
+_FIRST_OF = operator.itemgetter(0)
+
+_NEAR_CANDIDATES = 16
+"""Below this many words of a look-up, each is compared with a query word letter
+by letter rather than the look-up narrowed down."""
+
+_CANDIDATES = 64
+"""Below this many entries left, a query word is checked in each entry's text
+rather than looked up."""
+
+
+def _names(entry: Entry) -> tuple[list[str], str]:
+    """The texts of an entry's name (a fallback if none) and the one names are
+    sorted by: the English one, else the first language's (by tag)."""
+    value = entry.display_name
+    if isinstance(value, str):
+        text = value or entry.country_code or entry.ident
+        return [text], text
+    if not value:
+        fallback = entry.country_code or entry.ident
+        return [fallback], fallback
+    primary = value.get("en")
+    if primary is None:
+        english = [tag for tag in value if tag[:2].lower() == "en"]
+        primary = value[min(english or value)]
+    return list(value.values()), primary or entry.country_code or entry.ident
 
 
 class SearchIndex:
-    """The folded names and keywords of one list's entries, ready to search."""
+    """The folded names and keywords of one list's entries, ready to search.
+
+    Kept for each entry (numbered in the order equal hits are shown): its
+    folded names as one text of words between spaces, each name between
+    marks (" \x01 word word \x01 word \x01 "), and that text with its
+    keywords and country code after it. Whether an entry has a word, a word
+    starting so, a name or a name starting so, is then one substring test.
+    For the list as a whole: postings (_Postings) of the words of names, of
+    keywords, of the first word of each name and of one-word names; the
+    steps look a query's rarest word up there, then test the few entries
+    left in their texts.
+    """
 
     def __init__(self, entries: Iterable[Entry]) -> None:
         given = list(entries)
-        # Every distinct text once (languages repeat one another), normalized at once.
-        positions: dict[str, int] = {}
-        primaries: list[int] = []
-        given_names: list[list[int]] = []
-        given_keywords: list[list[int]] = []
-        for entry in given:
-            fallback = entry.country_code or entry.ident
-            primary = _primary(entry.display_name) or fallback
-            primaries.append(positions.setdefault(primary, len(positions)))
-            names = _texts(entry.display_name) or [fallback]
-            given_names.append([positions.setdefault(t, len(positions)) for t in names])
-            given_keywords.append(
-                [positions.setdefault(t, len(positions)) for t in _texts(entry.keyword_list)]
+        size = len(given)
+        raw_names, primaries = zip(*map(_names, given), strict=True) if given else ((), ())
+        # Keywords often repeat from language to language: each text once.
+        raw_keywords = list(
+            map(
+                list,
+                map(dict.fromkeys, map(_texts, map(operator.attrgetter("keyword_list"), given))),
             )
-        normalized = _normalize_all(list(positions))
-        # Entries are numbered in the order equal hits are shown.
-        order = sorted(
-            range(len(given)),
-            key=lambda i: (
-                normalized[primaries[i]],
-                _KIND_ORDER.get(given[i].kind, 9),
-                given[i].ident,
-            ),
         )
-        self._entries = [given[i] for i in order]
-        self._kinds = [entry.kind for entry in self._entries]
+        names_flat, name_owner = _flatten(raw_names)
+        keywords_flat = list(itertools.chain.from_iterable(raw_keywords))
+        # Every distinct text once (languages repeat one another), normalized at once.
+        distinct = list(dict.fromkeys(itertools.chain(names_flat, keywords_flat)))
+        folded = dict(zip(distinct, _normalize_all(distinct), strict=True))
+        get = folded.__getitem__
+        sort_names = list(map(get, primaries))
+        # Entries are numbered in the order equal hits are shown.
+        sort_keys = list(
+            zip(
+                sort_names,
+                map(_KIND_ORDER.get, map(_KIND, given), itertools.repeat(9)),
+                map(_IDENT, given),
+                strict=True,
+            )
+        )
+        order = sorted(range(size), key=sort_keys.__getitem__)
+        rank = sorted(range(size), key=order.__getitem__)
+        self._entries = list(map(given.__getitem__, order))
+        self._kinds = list(map(_KIND, self._entries))
         self._all_kinds = frozenset(self._kinds)
-        self._sort_names = [normalized[primaries[i]] for i in order]
-        self._name_places = [given_names[i] for i in order]
-        self._keyword_places = [given_keywords[i] for i in order]
-        self._normalized = normalized
-        self._split = [text.split() for text in normalized]
-        self._countries = [entry.country_code.lower() for entry in self._entries]
-        self._texts = _Words(*_text_pairs(self._name_places, normalized))
-        self._names = _Words(*_word_pairs(self._name_places, self._split))
-        self._keywords = _Words(*_word_pairs(self._keyword_places, self._split, self._countries))
-        # The words one typo away from recent query words, and the letters of
-        # the index by the scripts they were asked for.
-        self._near: dict[str, frozenset[str]] = {}
-        self._letters: dict[frozenset[str], list[str]] = {}
+        self._sort_names = list(map(sort_names.__getitem__, order))
+        self._countries = list(map(str.lower, map(_COUNTRY, self._entries)))
+        # Each entry's names (each between marks, so that a whole name or its
+        # start can be found too) as one text; and that with its keywords and
+        # country after it.
+        mark = f" {_MARK} "
+        self._name_docs = [
+            f"{mark}{mark.join(map(get, texts))}{mark}"
+            for texts in map(raw_names.__getitem__, order)
+        ]
+        self._all_docs = [
+            f"{names}{' '.join(map(get, texts))} {country} "
+            for names, texts, country in zip(
+                self._name_docs, map(raw_keywords.__getitem__, order), self._countries, strict=True
+            )
+        ]
+        # The postings: from the texts (as the documents hold marks too).
+        names = list(map(get, names_flat))
+        name_owner = list(map(rank.__getitem__, name_owner))
+        keyword_texts, keyword_owner = _flatten(raw_keywords)
+        keyword_owner = list(map(rank.__getitem__, keyword_owner))
+        name_words, name_word_owner = _split_flat(names, name_owner)
+        keyword_words, keyword_word_owner = _split_flat(
+            list(map(get, keyword_texts)), keyword_owner
+        )
+        with_country = list(itertools.compress(itertools.count(), self._countries))
+        one_word = list(map(operator.not_, map(operator.contains, names, itertools.repeat(" "))))
+        self._words = _Postings(
+            [
+                (name_words, name_word_owner),
+                (
+                    itertools.chain(keyword_words, map(self._countries.__getitem__, with_country)),
+                    itertools.chain(keyword_word_owner, with_country),
+                ),
+                (map(_FIRST_OF, map(_PARTITION, names)), name_owner),
+                (itertools.compress(names, one_word), itertools.compress(name_owner, one_word)),
+            ]
+        )
+        # The words one typo away from recent query words.
+        self._near: dict[str, list[str]] = {}
 
     @functools.cached_property
     def _name_blob(self) -> tuple[list[int], str]:
         """Each entry's names one after the other, for substring search (made at first use)."""
-        normalized = self._normalized
-        return _blob(["\n".join(map(normalized.__getitem__, p)) for p in self._name_places])
-
-    @functools.cached_property
-    def _vocabulary(self) -> frozenset[str]:
-        """Every word of the names and keywords (made at first use)."""
-        return self._names.vocabulary | self._keywords.vocabulary
-
-    @functools.cached_property
-    def _alphabet(self) -> frozenset[str]:
-        """The letters of the index's words, for the variants of a typo (made at first use)."""
-        return frozenset("".join(self._vocabulary))
+        return _blob(self._name_docs)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -450,47 +600,55 @@ class SearchIndex:
 
     # -- the steps --------------------------------------------------------------
 
-    def _word_pools(self, in_keywords: bool) -> list[_Words]:
-        return [self._names, self._keywords] if in_keywords else [self._names]
+    def _pools(self, in_keywords: bool) -> tuple[int, ...]:
+        return (_NAMES, _KEYWORDS) if in_keywords else (_NAMES,)
+
+    def _docs(self, in_keywords: bool) -> list[str]:
+        return self._all_docs if in_keywords else self._name_docs
 
     def _every_word(self, query_words: list[str], in_keywords: bool) -> set[int]:
         """Entries where each query word starts one of their words."""
-        pools = self._word_pools(in_keywords)
-        ordered = self._rarest_first(query_words, pools)
+        pools = self._pools(in_keywords)
+        counts = {
+            word: sum(self._words.count_starting_with(pool, word) for pool in pools)
+            for word in query_words
+        }
+        ordered = sorted(query_words, key=counts.__getitem__)
+        if counts[ordered[0]] == 0:
+            return set()
         found: set[int] = set()
         for pool in pools:
-            found |= pool.starting_with(ordered[0])
-        for word in ordered[1:]:
-            if not found:
-                break
-            if len(found) <= 64:
-                # Few left: look at their words rather than at the vocabulary.
-                found = {n for n in found if self._holds_word_starting(n, word, in_keywords)}
-                continue
+            found |= self._words.starting_with(pool, ordered[0])
+        rest = ordered[1:]
+        # Narrow down by the postings while they are about as small as what is left…
+        while rest and len(found) > _CANDIDATES and counts[rest[0]] <= 4 * len(found):
+            word = rest.pop(0)
             matched: set[int] = set()
             for pool in pools:
-                matched |= pool.starting_with(word)
+                matched |= self._words.starting_with(pool, word)
             found &= matched
+        if not rest or not found:
+            return found
+        # …then look in the texts of the few entries left.
+        docs = self._docs(in_keywords)
+        for word in rest:
+            found = _having(found, docs, [" " + word])
         return found
 
-    @staticmethod
-    def _rarest_first(query_words: list[str], pools: list[_Words]) -> list[str]:
-        """The query words, those that start the fewest words first (so that the
-        entries left to look at shrink fast); words that start none (a typo, for
-        the fuzzy step) last."""
-        counts = {
-            word: sum(pool.count_starting_with(word) for pool in pools) for word in query_words
-        }
-        return sorted(query_words, key=lambda word: (counts[word] == 0, counts[word]))
-
-    def _holds_word_starting(self, n: int, prefix: str, in_keywords: bool) -> bool:
-        places = self._name_places[n] + (self._keyword_places[n] if in_keywords else [])
-        if any(word.startswith(prefix) for p in places for word in self._split[p]):
-            return True
-        country = self._countries[n]
-        return in_keywords and bool(country) and country.startswith(prefix)
-
-    def _name_substring(self, query: str) -> set[int]:
+    def _name_substring(self, query: str, query_words: list[str]) -> set[int]:
+        if len(query_words) == 1:
+            # Within one word: look among the distinct words, not every name.
+            return self._words.containing(_NAMES, query)
+        # The first query word ends a word of the name and every other starts
+        # one: look at those entries only, unless that leaves too many.
+        candidates = self._every_word(query_words[1:], in_keywords=False)
+        if len(candidates) > 4 * _CANDIDATES:
+            ending = self._words.ending_with(_NAMES, query_words[0], _CANDIDATES)
+            if ending is not None:
+                candidates &= ending
+        if len(candidates) <= 4 * _CANDIDATES:
+            docs = self._name_docs
+            return _having(candidates, docs, [query])
         found: set[int] = set()
         starts, blob = self._name_blob
         pos = blob.find(query)
@@ -501,70 +659,95 @@ class SearchIndex:
             pos = blob.find(query, starts[n + 1]) if n + 1 < len(starts) else -1
         return found
 
-    def _near_words(self, word: str) -> frozenset[str]:
+    def _near_words(self, word: str) -> list[str]:
         """Words of the index one typo away from `word`."""
         near = self._near.get(word)
         if near is None:
-            # Letters of the scripts the word is written in (and digits): a
-            # typo stays in its script, and the variants stay few.
-            scripts = frozenset({_script(letter) for letter in word} | {"DIGIT"})
-            alphabet = self._letters.get(scripts)
-            if alphabet is None:
-                alphabet = [letter for letter in self._alphabet if _script(letter) in scripts]
-                self._letters[scripts] = alphabet
-            near = frozenset(one_edit_variants(word, alphabet) & self._vocabulary)
+            near = self._words.near(word)
             if len(self._near) >= _NEAR_MEMORY:
                 self._near.clear()
             self._near[word] = near
         return near
 
     def _fuzzy(self, query_words: list[str], in_keywords: bool) -> set[int]:
-        pools = self._word_pools(in_keywords)
-        found: set[int] | None = None
-        for word in self._rarest_first(query_words, pools):
-            if found is not None and len(found) <= 64:
-                # Few left: look at their words rather than at the vocabulary.
-                found = {n for n in found if self._holds_near_word(n, word, in_keywords)}
-            else:
-                matched: set[int] = set()
-                for pool in pools:
-                    matched |= pool.starting_with(word)
-                if len(word) >= FUZZY_MIN_LENGTH:
-                    for near in self._near_words(word):
-                        for pool in pools:
-                            matched |= pool.holding(near)
-                found = matched if found is None else found & matched
+        """Entries where each query word starts one of their words or (if long
+        enough) is one typo away from one."""
+        pools = self._pools(in_keywords)
+        near = {
+            word: self._near_words(word) if len(word) >= FUZZY_MIN_LENGTH else []
+            for word in query_words
+        }
+        counts = {
+            word: sum(
+                self._words.count_starting_with(pool, word)
+                + sum(self._words.count_holding(pool, known) for known in near[word])
+                for pool in pools
+            )
+            for word in query_words
+        }
+        ordered = sorted(query_words, key=counts.__getitem__)
+        if counts[ordered[0]] == 0:
+            return set()
+        found: set[int] = set()
+        for pool in pools:
+            found |= self._words.starting_with(pool, ordered[0])
+            for known in near[ordered[0]]:
+                found |= self._words.holding(pool, known)
+        docs = self._docs(in_keywords)
+        for word in ordered[1:]:
             if not found:
-                return set()
-        return found or set()
+                break
+            if len(found) <= _CANDIDATES or counts[word] > 4 * len(found):
+                # Few left: look in their texts rather than up the postings.
+                found = _having(found, docs, [" " + word] + [f" {k} " for k in near[word]])
+                continue
+            matched: set[int] = set()
+            for pool in pools:
+                matched |= self._words.starting_with(pool, word)
+                for known in near[word]:
+                    matched |= self._words.holding(pool, known)
+            found &= matched
+        return found
 
-    def _holds_near_word(self, n: int, word: str, in_keywords: bool) -> bool:
-        """Whether entry n has a word starting with `word`, or one typo away from it."""
-        places = self._name_places[n] + (self._keyword_places[n] if in_keywords else [])
-        candidates = [known for p in places for known in self._split[p]]
-        if in_keywords and self._countries[n]:
-            candidates.append(self._countries[n])
-        fuzzy = len(word) >= FUZZY_MIN_LENGTH
-        return any(
-            known.startswith(word) or (fuzzy and within_one_edit(word, known))
-            for known in candidates
-        )
+    def _whole_names(
+        self, query_words: list[str], prefix: bool, memo: dict[str, set[int]]
+    ) -> set[int]:
+        """Entries with a name that is the query (or, with `prefix`, starts with it)."""
+        query = " ".join(query_words)
+        if len(query_words) == 1:
+            if prefix:
+                return self._words.starting_with(_FIRST, query)
+            return self._words.holding(_WHOLE, query)
+        # Such a name holds every query word: look at those entries only.
+        candidates = memo.get("word-prefix")
+        if candidates is None:
+            candidates = memo["word-prefix"] = self._every_word(query_words, in_keywords=False)
+        needle = f" {_MARK} {query}" + ("" if prefix else f" {_MARK} ")
+        docs = self._name_docs
+        return _having(candidates, docs, [needle])
 
-    def _step(self, match: str, in_keywords: bool, query_words: list[str]) -> set[int]:
+    def _step(
+        self, match: str, in_keywords: bool, query_words: list[str], memo: dict[str, set[int]]
+    ) -> set[int]:
         query = " ".join(query_words)
         single = len(query_words) == 1
         if match == "exact":
             if in_keywords:
-                return self._keywords.holding(query) if single else set()
-            return self._texts.holding(query)
+                return self._words.holding(_KEYWORDS, query) if single else set()
+            return self._whole_names(query_words, False, memo)
         if match == "prefix":
             if in_keywords:
-                return self._keywords.starting_with(query) if single else set()
-            return self._texts.starting_with(query)
+                return self._words.starting_with(_KEYWORDS, query) if single else set()
+            return self._whole_names(query_words, True, memo)
         if match == "word-prefix":
+            if not in_keywords and "word-prefix" in memo:
+                return set(memo["word-prefix"])
             return self._every_word(query_words, in_keywords)
         if match == "substring":
-            return self._keywords.containing(query) if in_keywords else self._name_substring(query)
+            if in_keywords:
+                # A keyword word holds no space: only a one-word query can be in one.
+                return self._words.containing(_KEYWORDS, query) if single else set()
+            return self._name_substring(query, query_words)
         return self._fuzzy(query_words, in_keywords)
 
     # -- searching --------------------------------------------------------------
@@ -587,8 +770,9 @@ class SearchIndex:
                     hits.append(self._hit(n, "", False, 0.0, len(_TIERS)))
             return hits
         seen: set[int] = set()
+        memo: dict[str, set[int]] = {}
         for tier, (match, in_keywords) in enumerate(_TIERS):
-            found = self._step(match, in_keywords, query_words)
+            found = self._step(match, in_keywords, query_words, memo)
             found -= seen
             if not found:
                 continue
