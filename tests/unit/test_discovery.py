@@ -768,6 +768,25 @@ async def test_a_restart_reads_the_kept_copy_back(
             UnsignedList,
         ),
         (lambda http: http.publish(d.ORGANIZATION_LIST, b'{"v": 31}'), MalformedList),
+        (
+            # A genuine signature, of the other list.
+            lambda http: http.files.update(
+                {
+                    d.ORGANIZATION_LIST: organization_list(30, []),
+                    d.ORGANIZATION_LIST + ".minisig": SIGNER.sign(
+                        organization_list(30, []), d.SERVER_LIST
+                    ),
+                }
+            ),
+            SignedForOtherFile,
+        ),
+        (
+            lambda http: http.publish(
+                d.ORGANIZATION_LIST,
+                organization_list(30, []).replace(b"]}", b'], "x": "' + b"x" * (4 << 20) + b'"}'),
+            ),
+            ListTooLarge,
+        ),
     ],
 )
 async def test_a_bad_list_leaves_the_kept_copy_in_use(
@@ -877,6 +896,48 @@ async def test_legacy_lists_are_searched_when_only_they_are_set(tmp_path: Path) 
         discovery._lists[d.INSTITUTE_ACCESS_LIST].checked_at = -1e9
         rolled_back = await discovery.search("demo", kinds={"institute-access"})
         assert rolled_back.hits and "older" in rolled_back.lists[d.INSTITUTE_ACCESS_LIST].error
+    finally:
+        await discovery.aclose()
+
+
+async def test_legacy_lists_are_fetched_on_demand_secure_internet_at_most_weekly(
+    tmp_path: Path,
+) -> None:
+    settings = replace(
+        config.Settings(),
+        state_dir=tmp_path,
+        discovery_url="",
+        instance_discovery_url="https://static.example/disco/",
+        instance_discovery_key=SIGNER.legacy_public_key,
+    )
+    fake = FakeHttp()
+    institute = instance_list(
+        3, "local", [{"base_uri": "https://demo.example/", "display_name": "Demo Institute"}]
+    )
+    secure = instance_list(
+        4, "distributed", [{"base_uri": "https://nl.example/", "display_name": "Nederland"}]
+    )
+    for name, body in ((d.INSTITUTE_ACCESS_LIST, institute), (d.SECURE_INTERNET_LIST, secure)):
+        fake.files[name] = body
+        fake.files[name + ".sig"] = SIGNER.sign_legacy(body)
+    clock = Clock()
+    discovery = Discovery(settings, fake, monotonic=clock)
+    try:
+        discovery.start()
+        await asyncio.sleep(0.05)
+        assert fake.requests == []  # neither list is fetched before someone searches
+        await discovery.search("nederland", kinds={"secure-internet"})
+        assert len(fake.asked(d.SECURE_INTERNET_LIST)) == 1
+        assert fake.asked(d.INSTITUTE_ACCESS_LIST) == []
+        await discovery.search("demo", kinds={"institute-access"})
+        assert len(fake.asked(d.INSTITUTE_ACCESS_LIST)) == 1
+        clock.now += 2 * 3600
+        await discovery.search("nederland")
+        assert len(fake.asked(d.SECURE_INTERNET_LIST)) == 1  # within the week: kept copy
+        assert len(fake.asked(d.INSTITUTE_ACCESS_LIST)) == 2
+        clock.now += 7 * 24 * 3600
+        await discovery.search("nederland", kinds={"secure-internet"})
+        assert len(fake.asked(d.SECURE_INTERNET_LIST)) == 2
     finally:
         await discovery.aclose()
 
