@@ -69,6 +69,16 @@ def dns_lab(lab_pki: LabPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture(scope="module")
 def dns_portal(lab_pki: LabPKI, dns_lab: OpenVPNLab) -> Iterator[TestPortal]:
     profiles = [{**p, "dns_search_domain_list": [PROFILE_DOMAIN]} for p in DEFAULT_PROFILES]
+    # A profile that, by /info, carries all traffic (the lab pushes no
+    # redirect-gateway all the same: the host keeps its routes).
+    profiles.append(
+        {
+            "profile_id": "everything",
+            "display_name": "All traffic",
+            "vpn_proto_list": ["openvpn"],
+            "default_gateway": True,
+        }
+    )
     with TestPortal(lab_pki, dns_lab, profiles=profiles) as portal:
         yield portal
 
@@ -267,3 +277,21 @@ def test_resolvconf_gets_the_dns_and_loses_it_on_disconnect_and_after_a_kill(
     assert world.read_file("/etc/resolv.conf") == before
     said = f"took back the DNS an earlier run left on {link}"
     rc_daemon.wait_for(lambda: said in rc_daemon.log())  # the journal may lag
+
+
+def test_a_full_tunnel_profile_takes_every_name(
+    daemon: UnitDaemon, dns_portal: TestPortal, client_env: dict[str, str]
+) -> None:
+    env = daemon.env(client_env)
+    ok(vpnctl(["add", dns_portal.base_url], env))
+    ok(vpnctl(["login", dns_portal.host], env))
+    ok(vpnctl(["profiles", dns_portal.host], env))  # vpnd learns default_gateway here
+    ok(vpnctl(["connect", dns_portal.host, "--profile", "everything"], env))
+    link = tunnel_link(status(env)["tunnel_ip"])
+    daemon.wait_for(lambda: "~." in resolved.link_dns(daemon.world, link)[1])
+    assert DOMAIN in resolved.link_dns(daemon.world, link)[1]
+    route = daemon.world.run("resolvectl", "default-route", link).stdout
+    assert route.strip().endswith("yes"), route
+    daemon.wait_for(lambda: status(env)["dns_domains"] == [DOMAIN, "~."])
+    ok(vpnctl(["disconnect"], env))
+    assert DNS4 not in all_dns(daemon.world)
