@@ -281,6 +281,24 @@ def test_up_carries_the_link_and_dns_in_either_order(tmp_path: Path, log_first: 
     assert [e.dns for e in events if isinstance(e, Up)][-1] == PushedDns()
 
 
+def test_an_auth_token_before_a_dns_option_hides_neither(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # openvpn logs the token's option bare ("auth-token,"); the log's
+    # redaction must not cost the option after it, nor the token show.
+    events: list[TunnelEvent] = []
+    tunnel = Tunnel("t", "client\n", TunnelSettings(runtime_dir=tmp_path), events.append)
+    caplog.set_level(logging.DEBUG, "vpnd.tunnel")
+    for token in ("auth-token", "auth-token SECRET"):
+        tunnel._output_line(machine_line("TUN/TAP device tun7 opened"))
+        tunnel._output_line(machine_line(push_line(token, "dhcp-option DNS 10.8.0.1")))
+        tunnel._output_line(machine_line("Initialization Sequence Completed"))
+        tunnel._on_state(StateEvent(0, "CONNECTED", "SUCCESS", "10.8.0.2"))
+        assert [e for e in events if isinstance(e, Up)][-1].dns.servers == (DnsServer("10.8.0.1"),)
+        tunnel._on_state(StateEvent(0, "RECONNECTING", "ping-restart"))
+    assert "SECRET" not in caplog.text
+
+
 def test_a_config_that_redirects_the_gateway_is_a_full_tunnel(tmp_path: Path) -> None:
     events: list[TunnelEvent] = []
     config = "client\nredirect-gateway def1\n"

@@ -452,15 +452,15 @@ class Tunnel:
     def _output_line(self, raw: bytes) -> None:
         line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
         match = _MACHINE_LINE.fullmatch(line)
-        if match is not None:
-            entry = _LogLine(int(match[1], 16), _redact(match[2]))
-        else:
-            entry = _LogLine(None, _redact(line))
+        text = match[2] if match is not None else line
+        entry = _LogLine(int(match[1], 16) if match is not None else None, _redact(text))
         if not entry.text:
             return
         self._tail.append(entry)
         log.debug("openvpn[%s]: %s", self.pid or self._name, entry.text)
-        self._read_push(entry.text)
+        # Unredacted: a redaction can take the option after a bare auth-token
+        # with it. The reader keeps DNS options only, never a token.
+        self._read_push(text)
 
     def _read_push(self, text: str) -> None:
         try:
