@@ -409,10 +409,11 @@ def test_the_index_finds_what_a_plain_scan_finds(
     assert found == expected
     # The same when the index never looks in the entries' texts (as it does
     # when few are left) but always in its postings, as for a large list.
-    few, s._CANDIDATES, s._NEAR_CANDIDATES = s._CANDIDATES, 0, 0
+    thresholds = s._FEW, s._CANDIDATES, s._NEAR_CANDIDATES
+    s._FEW, s._CANDIDATES, s._NEAR_CANDIDATES = 0, 0, 0
     try:
         index._near.clear()
         found = [(h.entry.ident, h.match, h.in_keywords) for h in index.search(query, limit=0)]
     finally:
-        s._CANDIDATES, s._NEAR_CANDIDATES = few, 16
+        s._FEW, s._CANDIDATES, s._NEAR_CANDIDATES = thresholds
     assert found == expected

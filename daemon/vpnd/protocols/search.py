@@ -275,7 +275,7 @@ class _Postings:
     def __init__(self, pools: Sequence[tuple[Iterable[str], Iterable[int]]]) -> None:
         materialized = [(list(words), owners) for words, owners in pools]
         self.sorted = sorted(set(itertools.chain.from_iterable(w for w, _ in materialized)))
-        number = dict(zip(self.sorted, itertools.count()))
+        self._numbers = number = dict(zip(self.sorted, itertools.count()))
         self._span = len(self.sorted)
         codes: list[int] = []
         ids: list[int] = []
@@ -301,8 +301,7 @@ class _Postings:
         return first, bisect.bisect_left(self.sorted, prefix + _LAST_CHAR, first)
 
     def _number(self, word: str) -> int | None:
-        n = bisect.bisect_left(self.sorted, word)
-        return n if n < len(self.sorted) and self.sorted[n] == word else None
+        return self._numbers.get(word)
 
     def holding(self, pool: int, word: str) -> set[int]:
         """Entries holding `word` in `pool`."""
@@ -448,6 +447,13 @@ def _split_flat(texts: list[str], owners: list[int]) -> tuple[list[str], list[in
     return words, word_owners
 
 
+def _holds_near(doc: str, word: str, fuzzy: bool) -> bool:
+    """Whether a word of `doc` starts with `word` or (if `fuzzy`) is one typo away."""
+    return any(
+        known.startswith(word) or (fuzzy and within_one_edit(word, known)) for known in doc.split()
+    )
+
+
 def _having(entries: Iterable[int], docs: list[str], needles: list[str]) -> set[int]:
     """The entries whose text (in `docs`) holds any of `needles`."""
     numbers = list(entries)
@@ -475,6 +481,10 @@ _FIRST_OF = operator.itemgetter(0)
 _NEAR_CANDIDATES = 16
 """Below this many words of a look-up, each is compared with a query word letter
 by letter rather than the look-up narrowed down."""
+
+_FEW = 8
+"""Below this many entries left, a query word is compared with each of their
+words rather than the words one typo away from it looked up."""
 
 _CANDIDATES = 64
 """Below this many entries left, a query word is checked in each entry's text
@@ -673,41 +683,35 @@ class SearchIndex:
         """Entries where each query word starts one of their words or (if long
         enough) is one typo away from one."""
         pools = self._pools(in_keywords)
-        near = {
-            word: self._near_words(word) if len(word) >= FUZZY_MIN_LENGTH else []
-            for word in query_words
-        }
-        counts = {
-            word: sum(
-                self._words.count_starting_with(pool, word)
-                + sum(self._words.count_holding(pool, known) for known in near[word])
-                for pool in pools
-            )
-            for word in query_words
-        }
-        ordered = sorted(query_words, key=counts.__getitem__)
-        if counts[ordered[0]] == 0:
-            return set()
-        found: set[int] = set()
-        for pool in pools:
-            found |= self._words.starting_with(pool, ordered[0])
-            for known in near[ordered[0]]:
-                found |= self._words.holding(pool, known)
         docs = self._docs(in_keywords)
-        for word in ordered[1:]:
+        counts = {
+            word: sum(self._words.count_starting_with(pool, word) for pool in pools)
+            for word in query_words
+        }
+        found: set[int] | None = None
+        # The word starting the fewest words first (those with a typo start none).
+        for word in sorted(query_words, key=lambda word: (counts[word] == 0, counts[word])):
+            fuzzy = len(word) >= FUZZY_MIN_LENGTH
+            if found is not None and len(found) <= _FEW:
+                # A handful left: compare their words with this one.
+                found = {n for n in found if _holds_near(docs[n], word, fuzzy)}
+            else:
+                near = self._near_words(word) if fuzzy else []
+                if found is not None and (
+                    len(found) <= _CANDIDATES or counts[word] > 4 * len(found)
+                ):
+                    # Few left: look in their texts rather than up the postings.
+                    found = _having(found, docs, [" " + word] + [f" {k} " for k in near])
+                else:
+                    matched: set[int] = set()
+                    for pool in pools:
+                        matched |= self._words.starting_with(pool, word)
+                        for known in near:
+                            matched |= self._words.holding(pool, known)
+                    found = matched if found is None else found & matched
             if not found:
-                break
-            if len(found) <= _CANDIDATES or counts[word] > 4 * len(found):
-                # Few left: look in their texts rather than up the postings.
-                found = _having(found, docs, [" " + word] + [f" {k} " for k in near[word]])
-                continue
-            matched: set[int] = set()
-            for pool in pools:
-                matched |= self._words.starting_with(pool, word)
-                for known in near[word]:
-                    matched |= self._words.holding(pool, known)
-            found &= matched
-        return found
+                return set()
+        return found or set()
 
     def _whole_names(
         self, query_words: list[str], prefix: bool, memo: dict[str, set[int]]
