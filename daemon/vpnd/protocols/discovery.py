@@ -502,21 +502,6 @@ class _Reader:
                 if not LANGUAGE_TAG_RE.fullmatch(tag):
                     raise self.fail(index, f'has a "{field}" with a key that is not a language tag')
                 self._tags.add(tag)
-        # The common case checked for all languages at once: printable texts, none
-        # empty, too long or with space around it; the map is then kept as it is.
-        values = list(value.values())
-        try:
-            joined = "".join(values)
-        except TypeError:  # a translation that is not a string: said below
-            joined = "\n"
-        if (
-            values
-            and joined.isprintable()
-            and all(values)
-            and max(map(len, values)) <= limit
-            and list(map(str.strip, values)) == values
-        ):
-            return value
         texts: dict[str, str] = {}
         for tag, text in value.items():
             if not isinstance(text, str):
