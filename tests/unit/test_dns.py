@@ -162,7 +162,9 @@ def test_a_reply_in_any_number_of_parts_reads_as_one(
 
 
 @given(
-    st.dictionaries(st.integers(-5, 20), st.lists(st.ip_addresses(), min_size=1, max_size=3)),
+    st.dictionaries(
+        st.integers(-5, 20), st.lists(st.ip_addresses(), min_size=1, max_size=3), max_size=8
+    ),
     servers,
     st.randoms(use_true_random=False),
 )
