@@ -289,8 +289,10 @@ def test_killed_writer_loses_no_acknowledged_change(tmp_path: Path) -> None:
             # The pid line comes first; then the writer runs until killed.
             first = _read_round_until_pid(out, buffer)
             pid = int(first.split()[1])
-            # Most kills land in the writing loop; some while the store opens.
-            time.sleep(rng.choice((rng.uniform(0, 0.004), rng.uniform(0, 0.06))))
+            # A random instant within the work, however fast the machine: after
+            # some changes (none: while the store opens), then a little more.
+            _wait_for_changes(out, buffer, rng.choice((0, 0, 1, 2, 3, 5, 8, 13)))
+            time.sleep(rng.uniform(0, 0.003))
             with contextlib.suppress(ProcessLookupError):  # it failed: the lines say why
                 os.kill(pid, signal.SIGKILL)
             kills += 1
@@ -335,6 +337,25 @@ def test_killed_writer_loses_no_acknowledged_change(tmp_path: Path) -> None:
 def acknowledged_here(acked: Acknowledged) -> bool:
     """Whether any change on this state directory was acknowledged."""
     return acked.token >= 0 or bool(acked.servers) or bool(acked.removed)
+
+
+def _wait_for_changes(out: int, buffer: bytearray, count: int) -> None:
+    """Wait until the writer acknowledged `count` changes (or ended); reads
+    into `buffer` without taking lines out of it."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = bytes(buffer).split(b"\n")[:-1]
+        if sum(line != b"open" for line in lines) >= count or any(
+            line.startswith((b"ended", b"error")) for line in lines
+        ):
+            return
+        left = deadline - time.monotonic()
+        assert left > 0, f"the writer made no {count} changes: {lines}"
+        ready, _, _ = select.select([out], [], [], left)
+        if ready:
+            chunk = os.read(out, 65536)
+            assert chunk, "the writer process went away"
+            buffer += chunk
 
 
 def _read_round_until_pid(out: int, buffer: bytearray) -> str:
