@@ -557,19 +557,14 @@ class SearchIndex:
         self._sort_names = list(map(sort_names.__getitem__, order))
         self._countries = list(map(str.lower, map(_COUNTRY, self._entries)))
         # Each entry's names (each between marks, so that a whole name or its
-        # start can be found too) as one text; and that with its keywords and
-        # country after it.
+        # start can be found too) as one text.
         mark = f" {_MARK} "
         self._name_docs = [
             f"{mark}{mark.join(map(get, texts))}{mark}"
             for texts in map(raw_names.__getitem__, order)
         ]
-        self._all_docs = [
-            f"{names}{' '.join(map(get, texts))} {country} "
-            for names, texts, country in zip(
-                self._name_docs, map(raw_keywords.__getitem__, order), self._countries, strict=True
-            )
-        ]
+        self._folded = folded
+        self._keyword_texts = list(map(raw_keywords.__getitem__, order))
         # The postings: from the texts (as the documents hold marks too).
         names = list(map(get, names_flat))
         name_owner = list(map(rank.__getitem__, name_owner))
@@ -594,6 +589,18 @@ class SearchIndex:
         )
         # The words one typo away from recent query words.
         self._near: dict[str, list[str]] = {}
+
+    @functools.cached_property
+    def _all_docs(self) -> list[str]:
+        """Each entry's names with its keywords and country after them, as one text
+        (made at first use)."""
+        get = self._folded.__getitem__
+        return [
+            f"{names}{' '.join(map(get, texts))} {country} "
+            for names, texts, country in zip(
+                self._name_docs, self._keyword_texts, self._countries, strict=True
+            )
+        ]
 
     @functools.cached_property
     def _name_blob(self) -> tuple[list[int], str]:
