@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import subprocess
 from pathlib import Path
 from typing import Protocol
 
 from vpnd.errors import TunnelFailed
+
+# openvpn's output lines longer than this are skipped (asyncio's default bound).
+_OUTPUT_LINE_LIMIT = 2**16
 
 # What a child openvpn needs of the daemon: its tun device, routes and the
 # switch to its own user (linux/capability.h numbers).
@@ -146,47 +151,95 @@ class ChildLauncher:
         socket_path: Path,
         account: tuple[str, str] | None,
     ) -> OpenVPNProcess:
-        """Spawn openvpn in a session of its own, output and errors on one pipe."""
+        """Spawn openvpn in a session of its own, output and errors on one pipe.
+
+        The spawn runs in a thread: it returns only once openvpn is executing,
+        and the event loop (the bus, the HTTP calls in flight) goes on meanwhile.
+        """
         del name, socket_path, account  # openvpn's own options carry the account
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+            popen = await asyncio.to_thread(
+                subprocess.Popen,
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
                 # Keeps a terminal's Ctrl-C away from openvpn: the daemon stops it.
                 start_new_session=True,
                 env=env,
             )
         except OSError as error:
             raise TunnelFailed(f"cannot run {argv[0]}: {error.strerror or error}") from None
-        return ChildProcess(proc)
+        try:
+            return await ChildProcess.attach(popen)
+        except BaseException:
+            popen.kill()
+            await asyncio.to_thread(popen.wait)
+            raise
 
 
 class ChildProcess:
     """An openvpn started by `ChildLauncher`."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        """Wrap `proc`, started with pipes for standard input and output."""
-        assert proc.stdin is not None and proc.stdout is not None
-        self._proc = proc
-        self._stdin = proc.stdin
-        self._stdout = proc.stdout
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        stdin: asyncio.StreamWriter,
+        stdout: asyncio.StreamReader,
+    ) -> None:
+        """Use attach()."""
+        self._popen = popen
+        self._stdin = stdin
+        self._stdout = stdout
+        self._exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    @classmethod
+    async def attach(cls, popen: subprocess.Popen[bytes]) -> ChildProcess:
+        """Follow `popen`, started with pipes for standard input and output:
+        the pipes on the event loop, its exit through a pidfd (no thread waits)."""
+        assert popen.stdin is not None and popen.stdout is not None
+        loop = asyncio.get_running_loop()
+        stdout = asyncio.StreamReader(limit=_OUTPUT_LINE_LIMIT, loop=loop)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdout), popen.stdout)
+        transport, protocol = await loop.connect_write_pipe(
+            lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), popen.stdin
+        )
+        stdin = asyncio.StreamWriter(transport, protocol, None, loop)
+        child = cls(popen, stdin, stdout)
+        pidfd = os.pidfd_open(popen.pid)
+        loop.add_reader(pidfd, child._on_exit, pidfd)
+        return child
+
+    def _on_exit(self, pidfd: int) -> None:
+        try:
+            pid, status = os.waitpid(self._popen.pid, os.WNOHANG)
+        except ChildProcessError:
+            returncode = 255  # reaped by someone else: its status is lost
+        else:
+            if pid == 0:
+                return  # still running
+            returncode = os.waitstatus_to_exitcode(status)
+        # Popen must not reap it again (or wait for it).
+        self._popen.returncode = returncode
+        asyncio.get_running_loop().remove_reader(pidfd)
+        os.close(pidfd)
+        if not self._exited.done():
+            self._exited.set_result(returncode)
 
     @property
     def label(self) -> str:
         """The process id."""
-        return f"pid {self._proc.pid}"
+        return f"pid {self._popen.pid}"
 
     @property
     def pid(self) -> int:
         """Known from the start."""
-        return self._proc.pid
+        return self._popen.pid
 
     @property
     def returncode(self) -> int | None:
-        """As asyncio reports it: minus the signal for a killed process."""
-        return self._proc.returncode
+        """Once reaped: the exit status, or minus the signal for a killed process."""
+        return self._exited.result() if self._exited.done() else None
 
     async def send_input(self, data: bytes) -> None:
         """Write the config and close standard input."""
@@ -199,18 +252,20 @@ class ChildProcess:
     async def wait(self) -> int:
         """Reap the child."""
         self._stdin.close()
-        return await self._proc.wait()
+        return await asyncio.shield(self._exited)
 
     async def is_peer(self, pid: int, uid: int) -> bool:
         """The child itself, whatever user it runs as by then."""
         del uid
-        return pid == self._proc.pid
+        return pid == self._popen.pid
 
     def send_signal(self, signum: signal.Signals) -> None:
         """Signal the child unless it has been reaped."""
+        if self._exited.done():
+            return
         with contextlib.suppress(ProcessLookupError):
-            if self._proc.returncode is None:
-                self._proc.send_signal(signum)
+            # Popen checks that it has not reaped the process itself.
+            self._popen.send_signal(signum)
 
     def exit_reason(self, returncode: int) -> str | None:
         """openvpn's own output always tells more."""
