@@ -66,9 +66,20 @@ _RELEASE_TIMEOUT = 5.0
 
 
 class TunnelLike(Protocol):
-    """What the manager needs of a running openvpn."""
+    """What the manager needs of a tunnel: start it ahead of its config when
+    one is on its way, then with its config (the text without the key, the
+    client's private key (PEM) or None, and the user name and password
+    openvpn may ask for)."""
 
-    async def start(self) -> None: ...
+    def prepare(self) -> None: ...
+
+    async def start(
+        self,
+        config: str,
+        *,
+        private_key: bytes | None = None,
+        user_pass: tuple[str, str] | None = None,
+    ) -> None: ...
 
     async def stop(self, timeout: float = 5.0) -> None: ...
 
@@ -84,18 +95,9 @@ class DnsLike(Protocol):
 
 
 class TunnelFactory(Protocol):
-    """Makes a tunnel: its name, the config text without the key, the client's
-    private key (PEM) or None, the event sink, and the user name and password
-    openvpn may ask for."""
+    """Makes a tunnel: its name and the sink of its events."""
 
-    def __call__(
-        self,
-        name: str,
-        text: str,
-        key: bytes | None,
-        on_event: Callable[[TunnelEvent], None],
-        user_pass: tuple[str, str] | None = None,
-    ) -> TunnelLike: ...
+    def __call__(self, name: str, on_event: Callable[[TunnelEvent], None]) -> TunnelLike: ...
 
 
 @dataclass(frozen=True)
@@ -763,15 +765,29 @@ class Manager:
     async def _attempt(self, connection: Connection, failures: int) -> None:
         """One try: a fresh configuration, a tunnel, and the wait until it is up."""
         server = connection.server
-        endpoints, connectable = await self._obtain(connection)
-        connection.steps.step("obtained the configuration")
-        connection.endpoints = endpoints
-        self._record_session_expiry(connection, connectable.expires_at)
-        if connectable.protocol != "openvpn":
-            raise ServerError(
-                f"{server.host} issued a {connectable.protocol} configuration;"
-                " vpnd speaks OpenVPN only"
-            )
+        # Each try's tunnel has a name of its own: a systemd unit of the last
+        # one may still be on its way out.
+        name = f"conn{connection.conn_id}" + (f".{connection.tries}" if connection.tries else "")
+        connection.tries += 1
+        tunnel = self._tunnel_factory(
+            name, lambda event: self._on_tunnel_event(connection, tunnel, event)
+        )
+        if server.authorized:
+            # openvpn's own start-up runs while the server is asked for a config.
+            tunnel.prepare()
+        try:
+            endpoints, connectable = await self._obtain(connection)
+            connection.steps.step("obtained the configuration")
+            connection.endpoints = endpoints
+            self._record_session_expiry(connection, connectable.expires_at)
+            if connectable.protocol != "openvpn":
+                raise ServerError(
+                    f"{server.host} issued a {connectable.protocol} configuration;"
+                    " vpnd speaks OpenVPN only"
+                )
+        except BaseException:
+            await asyncio.shield(tunnel.stop())
+            raise
         config = connectable.config
         if config.dropped:
             log.warning(
@@ -779,24 +795,17 @@ class Manager:
                 server.host,
                 ", ".join(config.dropped),
             )
-        # Each try's tunnel has a name of its own: a systemd unit of the last
-        # one may still be on its way out.
-        name = f"conn{connection.conn_id}" + (f".{connection.tries}" if connection.tries else "")
-        connection.tries += 1
         connection.exit_error = None
-        # openvpn gets the certificate but never the key: it asks vpnd to sign.
-        # Providers hand the key apart; a key left in the text still stays here.
-        tunnel = self._tunnel_factory(
-            name,
-            ovpnconfig.without(config, "key").render(),
-            connectable.private_key,
-            lambda event: self._on_tunnel_event(connection, tunnel, event),
-            connectable.user_pass,
-        )
         connection.tunnel = tunnel
         if connection.state is State.PREPARING:
             self._move(connection, Event.CONFIG_READY)
-        await tunnel.start()
+        # openvpn gets the certificate but never the key: it asks vpnd to sign.
+        # Providers hand the key apart; a key left in the text still stays here.
+        await tunnel.start(
+            ovpnconfig.without(config, "key").render(),
+            private_key=connectable.private_key,
+            user_pass=connectable.user_pass,
+        )
         connection.steps.step("openvpn started and released from its hold")
         await self._until_settled(connection, None if connection.prefer_tcp else self._udp_grace)
 
@@ -1121,6 +1130,9 @@ class Manager:
         task = connection.task
         if task is not None and not task.done() and connection.tunnel is None:
             task.cancel()
+            if task is not asyncio.current_task():
+                # It ends an openvpn it started ahead of the config on its way out.
+                await asyncio.wait([task])
         await self._teardown(connection)
         if task is not None and not task.done():
             # Waiting while the tunnel was up, or between tries: nothing left to wait for.

@@ -299,14 +299,8 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     if leftovers:
         steps.step("removed the tunnels an earlier run left")
 
-    def new_tunnel(
-        name: str,
-        text: str,
-        key: bytes | None,
-        on_event: Callable[[TunnelEvent], None],
-        user_pass: tuple[str, str] | None = None,
-    ) -> Tunnel:
-        return Tunnel(name, text, tunnel_settings, on_event, private_key=key, user_pass=user_pass)
+    def new_tunnel(name: str, on_event: Callable[[TunnelEvent], None]) -> Tunnel:
+        return Tunnel(name, tunnel_settings, on_event)
 
     try:
         bus: MessageBus | None = await transport.connect()

@@ -512,9 +512,9 @@ async def test_vpnds_options_override_the_config_they_follow(
                 changed.clear()
                 await changed.wait()
 
-    tunnel = Tunnel("override", config, TunnelSettings(runtime_dir=runtime_dir), record)
+    tunnel = Tunnel("override", TunnelSettings(runtime_dir=runtime_dir), record)
     try:
-        await tunnel.start()  # vpnd's management connection works: it was not replaced
+        await tunnel.start(config)  # vpnd's management connection works: it was not replaced
         await until(lambda e: isinstance(e, Up))
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", scratch.closed_port), timeout=5).close()

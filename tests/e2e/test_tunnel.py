@@ -79,11 +79,31 @@ class Recorder:
         return event
 
 
+class ConfiguredTunnel(Tunnel):
+    """A Tunnel given its config when it is made, so that start() takes nothing."""
+
+    def __init__(
+        self,
+        name: str,
+        config: str,
+        settings: TunnelSettings,
+        on_event: Callable[[TunnelEvent], None],
+        *,
+        private_key: bytes | None = None,
+        user_pass: tuple[str, str] | None = None,
+    ) -> None:
+        super().__init__(name, settings, on_event)
+        self.config, self.private_key, self.user_pass = config, private_key, user_pass
+
+    async def start(self) -> None:  # type: ignore[override]
+        await super().start(self.config, private_key=self.private_key, user_pass=self.user_pass)
+
+
 class MakeTunnel:
     """Makes tunnels with their event recorders; the fixture stops whatever is left running."""
 
     def __init__(self) -> None:
-        self.made: list[Tunnel] = []
+        self.made: list[ConfiguredTunnel] = []
 
     def __call__(
         self,
@@ -93,10 +113,12 @@ class MakeTunnel:
         *,
         private_key: bytes | None = None,
         user_pass: tuple[str, str] | None = None,
-    ) -> tuple[Tunnel, Recorder]:
+    ) -> tuple[ConfiguredTunnel, Recorder]:
         recorder = Recorder()
         self.made.append(
-            Tunnel(name, config, settings, recorder, private_key=private_key, user_pass=user_pass)
+            ConfiguredTunnel(
+                name, config, settings, recorder, private_key=private_key, user_pass=user_pass
+            )
         )
         return self.made[-1], recorder
 
@@ -375,6 +397,72 @@ async def test_a_missing_binary_fails_start(
     assert_nothing_left(tunnel, runtime_dir)
 
 
+async def test_an_openvpn_started_ahead_of_its_config_connects_with_it(
+    openvpn_lab: OpenVPNLab,
+    client_profile_factory: Callable[..., str],
+    settings: TunnelSettings,
+    runtime_dir: Path,
+    make_tunnel: MakeTunnel,
+) -> None:
+    config, key = split_key(client_profile_factory(key_type="ec"))
+    tunnel, recorder = make_tunnel("ahead", config, settings, private_key=key)
+
+    tunnel.prepare()
+    # Spawned, and waiting for its config: no management connection yet.
+    async with asyncio.timeout(WAIT):
+        while tunnel.pid is None:
+            await asyncio.sleep(0.01)
+    assert not process_gone(tunnel.pid) and tunnel.socket_path.exists()
+    spawned = tunnel.pid
+    await bring_up_and_ping(
+        tunnel, recorder, openvpn_lab.tunnel_subnet("udp"), openvpn_lab.tunnel_gateway_udp
+    )
+    assert tunnel.pid == spawned  # the same openvpn, not a second one
+    await tunnel.stop()
+    assert [exited.reason for exited in recorder.exits] == ["stopped"]
+    assert_nothing_left(tunnel, runtime_dir)
+
+
+async def test_an_openvpn_started_ahead_of_a_config_that_never_comes_is_ended(
+    unreachable_config: str, settings: TunnelSettings, runtime_dir: Path, make_tunnel: MakeTunnel
+) -> None:
+    tunnel, recorder = make_tunnel("unused", unreachable_config, settings)
+    tunnel.prepare()
+    async with asyncio.timeout(WAIT):
+        # Until openvpn, past its start-up, waits reading its config.
+        while tunnel.pid is None or not Path(f"/proc/{tunnel.pid}/wchan").read_text().endswith(
+            "pipe_read"
+        ):
+            await asyncio.sleep(0.01)
+
+    await tunnel.stop()
+
+    [exited] = recorder.exits
+    assert exited.requested and exited.reason == "stopped"
+    # Blocked reading its config, openvpn leaves SIGTERM pending: the end of
+    # its input ends it, not the SIGKILL stop() resorts to in the end.
+    assert exited.returncode != -signal.SIGKILL
+    assert_nothing_left(tunnel, runtime_dir)
+    with pytest.raises(TunnelFailed, match="stopped before openvpn started"):
+        await tunnel.start()
+    assert len(recorder.exits) == 1
+
+
+async def test_a_missing_binary_started_ahead_fails_start(
+    unreachable_config: str, runtime_dir: Path, make_tunnel: MakeTunnel
+) -> None:
+    settings = TunnelSettings(runtime_dir=runtime_dir, openvpn=str(runtime_dir / "no-openvpn"))
+    tunnel, recorder = make_tunnel("nobinary", unreachable_config, settings)
+    tunnel.prepare()
+    await asyncio.sleep(0.1)  # the failure waits for start() to report it
+
+    with pytest.raises(TunnelFailed, match="cannot run"):
+        await tunnel.start()
+
+    assert recorder.events == []
+    assert_nothing_left(tunnel, runtime_dir)
+
+
 def with_auth_user_pass(profile: str) -> str:
     """The profile asking for a user name and password, as Access Server's userlogin ones do."""
     return profile.replace("client\n", "client\nauth-user-pass\n", 1)
@@ -641,10 +729,14 @@ async def test_a_config_with_a_key_is_refused_with_an_external_key(
 ) -> None:
     _cert_pem, key_pem = lab_pki.issue_client("both-keys")
     for key_line in (f"<key>\n{key_pem}</key>\n", "key /etc/client.key\n", "  --key x\n"):
+        tunnel = Tunnel("both", settings, Recorder())
         with pytest.raises(ValueError, match="must not hold a key"):
-            Tunnel("both", "client\n" + key_line, settings, Recorder(), private_key=b"x")
-    # A directive that merely starts with "key" is no key.
-    Tunnel("fine", "client\nkeysize 256\n", settings, Recorder(), private_key=key_pem.encode())
+            await tunnel.start("client\n" + key_line, private_key=key_pem.encode())
+        assert tunnel.pid is None
+    # A directive that merely starts with "key" is no key: the key itself is
+    # looked at next (and this one cannot sign).
+    with pytest.raises(TunnelFailed, match="private key cannot be read"):
+        await Tunnel("fine", settings, Recorder()).start("client\nkeysize 256\n", private_key=b"x")
 
 
 async def test_a_key_that_cannot_sign_fails_start_before_openvpn_runs(
@@ -822,13 +914,14 @@ async def test_external_key_argv_and_answered_signatures(
     await tunnel.stop()
 
     argv = (tmp_path / "record.argv").read_text().split("\n")
-    start = argv.index("--management-external-key")
-    assert argv[start : start + 3] == ["--management-external-key", "pkcs1", "pss"]
-    assert start > argv.index("/dev/stdin")
     user = argv.index("--user")
     assert argv[user : user + 4] == ["--user", DEFAULT_USER, "--group", DEFAULT_USER]
     assert "--persist-tun" in argv
-    assert (tmp_path / "record.config").read_text() == "client\n"
+    # The external key is asked for in the config openvpn reads, after the
+    # server's part: openvpn was started before anyone knew there is a key.
+    assert "--management-external-key" not in argv
+    config = (tmp_path / "record.config").read_text()
+    assert config == "client\n\nmanagement-external-key pkcs1 pss\n"
     lines = answered()
     for value, hash_ in zip(digests, (hashes.SHA256(), hashes.SHA384()), strict=True):
         end = lines.index("END")

@@ -263,7 +263,8 @@ def log_until_completed(tunnel: Tunnel) -> None:
 @pytest.mark.parametrize("log_first", [True, False])
 def test_up_carries_the_link_and_dns_in_either_order(tmp_path: Path, log_first: bool) -> None:
     events: list[TunnelEvent] = []
-    tunnel = Tunnel("t", "client\n", TunnelSettings(runtime_dir=tmp_path), events.append)
+    tunnel = Tunnel("t", TunnelSettings(runtime_dir=tmp_path), events.append)
+    tunnel._take_config("client\n", None)
     connected = StateEvent(0, "CONNECTED", "SUCCESS", "10.8.0.2", "198.51.100.1", "1194")
     if log_first:
         log_until_completed(tunnel)
@@ -304,7 +305,8 @@ def test_an_auth_token_before_a_dns_option_hides_neither(
 def test_a_config_that_redirects_the_gateway_is_a_full_tunnel(tmp_path: Path) -> None:
     events: list[TunnelEvent] = []
     config = "client\nredirect-gateway def1\n"
-    tunnel = Tunnel("t", config, TunnelSettings(runtime_dir=tmp_path), events.append)
+    tunnel = Tunnel("t", TunnelSettings(runtime_dir=tmp_path), events.append)
+    tunnel._take_config(config, None)
     log_until_completed(tunnel)
     tunnel._on_state(StateEvent(0, "CONNECTED", "SUCCESS", "10.8.0.2"))
     [up] = [e for e in events if isinstance(e, Up)]
@@ -315,7 +317,8 @@ def test_a_rejected_reply_is_logged_without_its_text(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     events: list[TunnelEvent] = []
-    tunnel = Tunnel("t", "client\n", TunnelSettings(runtime_dir=tmp_path), events.append)
+    tunnel = Tunnel("t", TunnelSettings(runtime_dir=tmp_path), events.append)
+    tunnel._take_config("client\n", None)
     caplog.set_level(logging.DEBUG, "vpnd.tunnel")
     bad = push_line("dhcp-option DNS not-an-address", "auth-token SECRET")
     tunnel._output_line(machine_line(bad))

@@ -184,22 +184,29 @@ class FakeLogin:
 
 
 class FakeTunnel:
-    def __init__(
-        self,
-        name: str,
-        text: str,
-        key: bytes | None,
-        sink: Callable[..., None],
-        user_pass: tuple[str, str] | None = None,
-    ) -> None:
-        self.name, self.text, self.key, self.sink = name, text, key, sink
-        self.user_pass = user_pass
-        self.started = self.stopped = False
+    def __init__(self, name: str, sink: Callable[..., None]) -> None:
+        self.name, self.sink = name, sink
+        self.text = ""
+        self.key: bytes | None = None
+        self.user_pass: tuple[str, str] | None = None
+        self.prepared = self.started = self.stopped = False
         # The real dialog: what the fake sends to openvpn is what the tunnel would.
-        self.dialog = Dialog(user_pass)
+        self.dialog = Dialog(None)
         self.sent: list[tuple[str, ...]] = []
 
-    async def start(self) -> None:
+    def prepare(self) -> None:
+        self.prepared = True
+
+    async def start(
+        self,
+        config: str,
+        *,
+        private_key: bytes | None = None,
+        user_pass: tuple[str, str] | None = None,
+    ) -> None:
+        assert not self.stopped, "a stopped tunnel was started"
+        self.text, self.key, self.user_pass = config, private_key, user_pass
+        self.dialog = Dialog(user_pass)
         self.started = True
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -304,16 +311,15 @@ class World:
             self.udp_grace,
         )
 
-    def tunnel(
-        self,
-        name: str,
-        text: str,
-        key: bytes | None,
-        sink: Callable[[TunnelEvent], None],
-        user_pass: tuple[str, str] | None = None,
-    ) -> FakeTunnel:
-        self.tunnels.append(FakeTunnel(name, text, key, sink, user_pass))
+    def tunnel(self, name: str, sink: Callable[[TunnelEvent], None]) -> FakeTunnel:
+        self.tunnels.append(FakeTunnel(name, sink))
         return self.tunnels[-1]
+
+    def started_tunnels(self) -> list[FakeTunnel]:
+        """The tunnels that were given a config; each other one was stopped
+        (an openvpn started ahead of a config that never came is ended)."""
+        assert all(tunnel.stopped for tunnel in self.tunnels if not tunnel.started)
+        return [tunnel for tunnel in self.tunnels if tunnel.started]
 
     async def add(self, url: str = URL, owner: int = OWNER, *, family: str = "v3") -> Server:
         getattr(self, family).speaks.add(url)
@@ -597,7 +603,9 @@ async def test_later_connects_ask_for_a_config_while_the_endpoints_are_fetched(
     # The discovery document is still on its way; the configuration is asked for already.
     assert world.v3.calls == [("obtain employees tcp=False", "token-1")]
     assert world.v3.discoveries == discoveries
-    assert len(world.tunnels) == 1  # no tunnel before the document is in
+    # openvpn is started ahead of its config, which waits for the document.
+    assert len(world.tunnels) == 2 and world.tunnels[-1].prepared
+    assert not world.tunnels[-1].started
     gate.set()
     await settled_tunnel(world, connection)
     assert world.tunnels[-1].started and len(world.tunnels) == 2
@@ -624,7 +632,7 @@ async def test_a_failed_discovery_fails_the_connect_even_with_a_config(world: Wo
     await finished(connection)
     assert connection.state is State.FAILED
     assert "503" in connection.error_message
-    assert len(world.tunnels) == 1  # only the first connect's
+    assert len(world.started_tunnels()) == 1  # only the first connect's
 
 
 async def test_a_providers_keys_stay_with_its_server(world: World) -> None:
@@ -671,7 +679,8 @@ async def test_connect_without_authorization_fails_without_a_tunnel(world: World
     await finished(connection)
     assert connection.state is State.FAILED
     assert connection.error == AuthorizationRequired.dbus_name
-    assert world.tunnels == []
+    assert world.started_tunnels() == []
+    assert not any(tunnel.prepared for tunnel in world.tunnels)  # nothing was spawned
 
 
 async def test_a_provider_error_fails_the_connection(world: World) -> None:
@@ -681,7 +690,8 @@ async def test_a_provider_error_fails_the_connection(world: World) -> None:
     await finished(connection)
     assert connection.state is State.FAILED
     assert connection.error_message == "the server has no such profile"
-    assert world.tunnels == []
+    assert world.started_tunnels() == []
+    assert world.tunnels[-1].prepared  # openvpn was started ahead, and ended
     # Nothing was obtained, so nothing is released.
     assert ("release", "token-1") not in world.v3.calls
 
@@ -736,7 +746,7 @@ async def test_a_lost_authorization_ends_the_reconnecting(world: World) -> None:
     await finished(connection)
     assert connection.state is State.FAILED
     assert connection.error == AuthorizationRequired.dbus_name
-    assert len(world.tunnels) == 1
+    assert len(world.started_tunnels()) == 1
 
 
 async def test_disconnect_while_waiting_to_reconnect(tmp_path: Path) -> None:
@@ -813,7 +823,7 @@ async def test_disconnect_while_the_config_is_being_obtained(world: World) -> No
     await asyncio.sleep(0)
     await world.manager.disconnect(connection)
     assert connection.state is State.DISCONNECTED
-    assert world.tunnels == []
+    assert world.started_tunnels() == []
 
 
 async def test_remove_disconnects_first(world: World) -> None:

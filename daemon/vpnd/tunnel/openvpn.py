@@ -9,10 +9,14 @@ management connection as SIGTERM).
 
 The config text is handed to openvpn on its standard input (`--config
 /dev/stdin`), so key material never touches the disk. Options after it on the
-command line override whatever the config says.
+command line override whatever the config says. openvpn can be started before
+its config is known (`prepare()`): it loads its libraries and initialises its
+crypto library and then waits on its standard input, so that work is done
+while the server is still being asked for the config.
 
-The private key does not go to openvpn at all: given one, the tunnel starts
-openvpn with `--management-external-key` and answers each `>PK_SIGN` with a
+The private key does not go to openvpn at all: given one, the tunnel adds
+`management-external-key` to the config it hands over (the server's config
+can hold no `management` directive) and answers each `>PK_SIGN` with a
 signature made here. openvpn never runs as root for longer than its setup:
 started by the daemon (`ChildLauncher`), it drops to an unprivileged user
 (`--user`, `--group`) once the tun device is open, keeping CAP_NET_ADMIN
@@ -159,7 +163,9 @@ class _LogLine:
 class Tunnel:
     """One openvpn child process, driven over its management socket.
 
-    `start()` spawns openvpn and returns once it is released from its hold
+    `prepare()` spawns openvpn ahead of its config, if the caller knows that
+    one is coming; `start()` hands over the config (spawning openvpn first if
+    prepare() did not) and returns once openvpn is released from its hold
     and is connecting; from then on `on_event` gets openvpn's states, byte
     counts and fatal errors, and finally one `TunnelExited`. That last event
     comes whenever a process was spawned, also when `start()` fails (before
@@ -167,38 +173,19 @@ class Tunnel:
     """
 
     def __init__(
-        self,
-        name: str,
-        config: str,
-        settings: TunnelSettings,
-        on_event: Callable[[TunnelEvent], None],
-        *,
-        private_key: bytes | None = None,
-        user_pass: tuple[str, str] | None = None,
+        self, name: str, settings: TunnelSettings, on_event: Callable[[TunnelEvent], None]
     ) -> None:
-        """`name` names the socket (letters, digits, `._-`); `config` is sanitized config text.
-
-        With `private_key` (PEM) openvpn signs through the daemon and never
-        sees the key; `config` must then hold no key of its own (ValueError).
-        `user_pass` answers openvpn's request for a user name and password
-        (`auth-user-pass`), once: a second request means the server refused it.
-        Whatever else openvpn asks (a password nobody kept, a challenge, a
-        login in the browser) becomes a PromptEvent, answered with answer().
-        """
+        """`name` names the socket (letters, digits, `._-`)."""
         if _NAME.fullmatch(name) is None:
             raise ValueError(f"invalid tunnel name {name!r}")
-        if private_key is not None and _KEY_IN_CONFIG.search(config):
-            raise ValueError("with an external private key the config must not hold a key")
         self.socket_path: Path = settings.runtime_dir / f"{name}.sock"
         if len(os.fsencode(self.socket_path)) > _MAX_SOCKET_PATH:
             raise ValueError(f"socket path {self.socket_path} is too long for a unix socket")
         #: The openvpn process id once it is spawned (kept after it exited, for logs).
         self.pid: int | None = None
         self._name = name
-        self._config = config
         self._settings = settings
         self._on_event = on_event
-        self._private_key = private_key
         self._signer: Signer | None = None
         self._account: tuple[str, str] | None = None  # (user, group) openvpn drops to
 
@@ -209,6 +196,10 @@ class Tunnel:
         self._watch_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
         self._spawn_lock = asyncio.Lock()
+        # Spawning openvpn, from prepare() or start(); its result is the listener.
+        self._launch_task: asyncio.Task[socket.socket] | None = None
+        self._listener: socket.socket | None = None
+        self._config_sent = False
         # Replies awaited, by the ticket the conversation gave their command.
         self._replies: dict[int, asyncio.Future[CommandResult]] = {}
         self._exited = asyncio.Event()
@@ -222,10 +213,10 @@ class Tunnel:
         self._push = PushReplyReader()
         self._set_up = False
         self._pending_up: Up | None = None
-        self._full_tunnel = re.search(r"^redirect-gateway\b", config, re.M) is not None
+        self._full_tunnel = False  # the config redirects the default gateway
         self._fatal = ""
         self._auth_failure: str | None = None
-        self._dialog = Dialog(user_pass)
+        self._dialog = Dialog(None)
         # Why the daemon ended openvpn: a protocol violation, a refused signature or login.
         self._failure: VpndError | None = None
         self._exit: TunnelExited | None = None
@@ -233,49 +224,91 @@ class Tunnel:
 
     # -- public ------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Spawn openvpn, take over its management connection and release its hold.
+    def prepare(self) -> None:
+        """Spawn openvpn now, ahead of its config, which start() hands over.
+
+        openvpn loads its libraries and initialises its crypto library, then
+        waits on its standard input. Call it when a config is on its way (the
+        server is being asked for one); stop() ends such an openvpn, started()
+        or not. Failures to spawn come out of start().
+        """
+        if self._launch_task is None and not self._stop_requested:
+            self._launch_task = asyncio.create_task(self._launch())
+            # start() retrieves a failure; a tunnel stopped before that must not
+            # leave it unretrieved.
+            self._launch_task.add_done_callback(lambda task: task.cancelled() or task.exception())
+
+    async def start(
+        self,
+        config: str,
+        *,
+        private_key: bytes | None = None,
+        user_pass: tuple[str, str] | None = None,
+    ) -> None:
+        """Hand openvpn `config` (sanitized config text), take over its
+        management connection and release its hold.
+
+        With `private_key` (PEM) openvpn signs through the daemon and never
+        sees the key; `config` must then hold no key of its own (ValueError).
+        `user_pass` answers openvpn's request for a user name and password
+        (`auth-user-pass`), once: a second request means the server refused it.
+        Whatever else openvpn asks (a password nobody kept, a challenge, a
+        login in the browser) becomes a PromptEvent, answered with answer().
 
         Raises TunnelFailed, with openvpn's own last error lines in the
-        message, if openvpn exits, does not connect within the settings'
-        `start_timeout`, or stop() is called meanwhile; also, before spawning
-        anything, if the private key cannot be used or openvpn's account
-        does not exist. It cleans up before raising.
+        message, if openvpn cannot be spawned, exits, does not connect within
+        the settings' `start_timeout`, or stop() is called meanwhile; also if
+        the private key cannot be used or openvpn's account does not exist.
+        It cleans up (ends an openvpn that prepare() spawned) before raising.
         """
         if self._started:
             raise RuntimeError("a Tunnel can be started once")
         self._started = True
+        if private_key is not None and _KEY_IN_CONFIG.search(config):
+            await self.stop()
+            raise ValueError("with an external private key the config must not hold a key")
         steps = Steps(log, f"tunnel {self._name}")
-        async with self._spawn_lock:
-            if self._stop_requested:
-                raise TunnelFailed("the connection was stopped before openvpn started")
-            self._account = _account(self._settings)
-            if self._private_key is not None:
-                from vpnd.protocols.pksign import Signer
+        self._take_config(config, user_pass)
+        if private_key is not None:
+            from vpnd.protocols.pksign import Signer
 
-                self._signer = Signer.from_pem(self._private_key)
-                # From here on the key lives in the signer only.
-                self._private_key = None
-            listener = self._listen()
             try:
-                await self._spawn()
+                # From here on the key lives in the signer only.
+                self._signer = Signer.from_pem(private_key)
             except BaseException:
-                self._close_listener(listener)
+                await self.stop()
                 raise
-            steps.step("spawned openvpn")
+            # The paddings openvpn may ask for; without `pss` TLS 1.3 fails
+            # with an RSA key. No `nopadding`: raw RSA is refused anyway.
+            config += "\nmanagement-external-key pkcs1 pss\n"
+        self.prepare()
+        if self._launch_task is None:
+            raise TunnelFailed("the connection was stopped before openvpn started")
+        try:
+            await asyncio.shield(self._launch_task)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._shutdown())
+            raise
+        except TunnelFailed:
+            await asyncio.shield(self._shutdown())
+            raise
+        if self._stop_requested:
+            await asyncio.shield(self._shutdown())
+            raise TunnelFailed("the connection was stopped before openvpn started")
+        steps.step("openvpn is spawned")
         try:
             async with asyncio.timeout(self._settings.start_timeout):
-                await self._send_config()
+                await self._send_config(config)
                 steps.step("sent the config")
-                connection = await self._accept(listener)
-                self._close_listener(listener)
+                connection = await self._accept()
+                self._close_listener()
                 steps.step("openvpn connected to the management socket")
                 await self._handshake(connection)
                 steps.step("released openvpn from its hold")
             if self._stop_requested:
                 raise TunnelFailed("the connection was stopped while openvpn was starting")
         except BaseException as error:
-            self._close_listener(listener)
+            self._close_listener()
             await asyncio.shield(self._shutdown())
             if self._writer is not None:
                 # Opened after openvpn had already exited and been reported.
@@ -295,6 +328,25 @@ class Tunnel:
                 reason = self._exit.reason if self._exit is not None else error.message
                 raise TunnelFailed(f"openvpn could not start: {reason}") from None
             raise
+
+    def _take_config(self, config: str, user_pass: tuple[str, str] | None) -> None:
+        """What the tunnel itself learns from its config and credentials."""
+        self._dialog = Dialog(user_pass)
+        self._full_tunnel = re.search(r"^redirect-gateway\b", config, re.M) is not None
+
+    async def _launch(self) -> socket.socket:
+        """Spawn openvpn with a listener for its management connection."""
+        async with self._spawn_lock:
+            if self._stop_requested:
+                raise TunnelFailed("the connection was stopped before openvpn started")
+            self._account = _account(self._settings)
+            self._listener = self._listen()
+            try:
+                await self._spawn()
+            except BaseException:
+                self._close_listener()
+                raise
+            return self._listener
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Make openvpn exit and wait until it has; idempotent, safe at any point.
@@ -338,10 +390,6 @@ class Tunnel:
             str(settings.verb),
             "--machine-readable-output",
         ]
-        if self._signer is not None:
-            # The paddings openvpn may ask for; without `pss` TLS 1.3 fails
-            # with an RSA key. No `nopadding`: raw RSA is refused anyway.
-            argv += ["--management-external-key", "pkcs1", "pss"]
         if self._account is not None:
             if settings.launcher.switches_user:
                 user, group = self._account
@@ -362,13 +410,18 @@ class Tunnel:
             listener.listen(1)
             listener.setblocking(False)
         except OSError as error:
-            self._close_listener(listener)
+            listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
             raise TunnelFailed(
                 f"cannot create the management socket {self.socket_path}: {error.strerror}"
             ) from None
         return listener
 
-    def _close_listener(self, listener: socket.socket) -> None:
+    def _close_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is None:
+            return
         listener.close()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
@@ -381,12 +434,14 @@ class Tunnel:
         log.info("tunnel %s: openvpn started (%s)", self._name, self._proc.label)
         self._watch_task = asyncio.create_task(self._watch(self._proc))
 
-    async def _send_config(self) -> None:
+    async def _send_config(self, config: str) -> None:
         assert self._proc is not None
-        await self._proc.send_input(self._config.encode("utf-8"))
+        self._config_sent = True
+        await self._proc.send_input(config.encode("utf-8"))
 
-    async def _accept(self, listener: socket.socket) -> socket.socket:
-        assert self._proc is not None
+    async def _accept(self) -> socket.socket:
+        assert self._proc is not None and self._listener is not None
+        listener = self._listener
         loop = asyncio.get_running_loop()
         while True:
             connection = await self._unless_exited(loop.sock_accept(listener))
@@ -487,9 +542,15 @@ class Tunnel:
         await self._stop_task
 
     async def _terminate(self, timeout: float) -> None:
+        self._close_listener()
         proc = self._proc
         if proc is None:
             return
+        if not self._config_sent:
+            # Spawned ahead of its config: blocked reading it, openvpn leaves
+            # signals pending, but the end of its input ends it.
+            self._config_sent = True
+            await proc.send_input(b"")
         steps: list[tuple[Callable[[], None], float]] = []
         if self._writer is not None and not self._writer.is_closing():
             steps.append((self._ask_to_exit, timeout / 2))
@@ -521,9 +582,10 @@ class Tunnel:
     async def _handshake(self, connection: socket.socket) -> None:
         reader, self._writer = await asyncio.open_unix_connection(sock=connection)
         self._management_task = asyncio.create_task(self._read_management(reader))
-        await self._announce_version()
-        # One write, then the replies in turn: openvpn reads the commands in
-        # order and none depends on an earlier reply. Releasing the hold does
+        # `version 4`, which openvpn 2.6 does not answer and later ones do (the
+        # conversation tells the two apart), and the rest in the same write,
+        # then the replies in turn: openvpn reads the commands in order and
+        # none depends on an earlier reply. Releasing the hold does
         # not wait for >HOLD either: a release that comes first is kept and
         # the hold then ends at once; what the hold is for, that vpnd is
         # connected and has asked for states, holds by the order of the lines.
@@ -533,13 +595,14 @@ class Tunnel:
         # With the hold flag off, openvpn's own restarts (ping-restart, a
         # server's RESTART) do not wait for the daemon again.
         commands += [("hold", "off"), ("hold", "release")]
-        await self._commands(commands)
+        version, version_tickets = self._conversation.announce_version()
+        data, tickets = self._conversation.send(*commands)
+        await self._exchange(
+            version + data,
+            [*version_tickets, *tickets],
+            ("version", "pid", *(words[0] for words in commands)),
+        )
         log.info("tunnel %s: openvpn released from hold", self._name)
-
-    async def _announce_version(self) -> None:
-        """`version 4`, which openvpn 2.6 does not answer and later ones do (the
-        conversation tells the two apart)."""
-        await self._exchange(*self._conversation.announce_version(), ("version", "pid"))
 
     async def _commands(self, commands: Sequence[tuple[str, ...]]) -> None:
         """Send several one-line commands in one write; TunnelFailed on the first ERROR.
