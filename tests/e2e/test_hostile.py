@@ -459,7 +459,9 @@ def test_a_hostile_config_does_not_take_effect(
             assert case.refused in failed(result)
             assert status(env)["error"] == "org.vpnd.Error.ConfigRejected"
             assert openvpn_children(daemon) == []
-            assert "openvpn started" not in daemon.log()[log_start:]
+            # openvpn may have been started ahead of the config, but never got
+            # it: it never came back over its management socket.
+            assert "released from hold" not in daemon.log()[log_start:]
         else:
             ok(result)
             assert status(env)["state"] == "connected"
