@@ -414,4 +414,5 @@ def test_a_hostile_config_is_refused_before_openvpn_runs(
     assert now["state"] == "failed"
     assert now["error"] == f"org.vpnd.Error.{error}"
     assert children(daemon) == []
-    assert "openvpn started" not in daemon.log()[log_start:]
+    # openvpn may have been started ahead of the config, but never got it.
+    assert "released from hold" not in daemon.log()[log_start:]

@@ -172,7 +172,8 @@ async def test_the_key_is_nowhere_openvpn_can_read_it(
     pid = external.pid
 
     stdin = (tmp_path / "stdin").read_bytes()
-    assert stdin.decode() == config  # the config, as the daemon wrote it ...
+    # The config, as the daemon wrote it, asking for signatures ...
+    assert stdin.decode() == config + "\nmanagement-external-key pkcs1 pss\n"
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     environ = Path(f"/proc/{pid}/environ").read_bytes()
     files = readable_files(pid)
