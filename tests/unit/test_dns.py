@@ -290,7 +290,8 @@ def test_an_auth_token_before_a_dns_option_hides_neither(
     # openvpn logs the token's option bare ("auth-token,"); the log's
     # redaction must not cost the option after it, nor the token show.
     events: list[TunnelEvent] = []
-    tunnel = Tunnel("t", "client\n", TunnelSettings(runtime_dir=tmp_path), events.append)
+    tunnel = Tunnel("t", TunnelSettings(runtime_dir=tmp_path), events.append)
+    tunnel._take_config("client\n", None)
     caplog.set_level(logging.DEBUG, "vpnd.tunnel")
     for token in ("auth-token", "auth-token SECRET"):
         tunnel._output_line(machine_line("TUN/TAP device tun7 opened"))
