@@ -17,6 +17,7 @@ import pytest
 from tests.lab.daemon import VpndProcess, ok, ping, status, vpnctl
 from tests.lab.netns import OpenVPNLab
 from tests.lab.portal import TestPortal
+from tests.lab.vpnd_unit import UnitDaemon
 
 pytestmark = pytest.mark.e2e
 
@@ -132,3 +133,13 @@ def test_changes_elsewhere_leave_the_tunnel_alone(
     assert "network change" not in vpnd.log()
     assert status(env)["state"] == "connected"
     ok(vpnctl(["disconnect"], env))
+
+
+def test_the_unit_may_follow_network_changes(
+    unit_daemon: UnitDaemon, client_env: dict[str, str]
+) -> None:
+    # The shipped unit's sandbox leaves AF_NETLINK open for this, and only that.
+    ok(vpnctl(["list"], unit_daemon.env(client_env)))
+    log = unit_daemon.log()
+    assert "following changes of links and routes" in log, log[-3000:]
+    assert "cannot follow network changes" not in log

@@ -188,7 +188,8 @@ def test_unit_keeps_no_capability() -> None:
     assert values(service, "CapabilityBoundingSet") == [""]
     assert values(service, "AmbientCapabilities") in ([], [""])
     families = set(single(service, "RestrictAddressFamilies").split())
-    assert families == {"AF_UNIX", "AF_INET", "AF_INET6"}
+    # AF_NETLINK: link and route changes are followed (vpnd.netwatch).
+    assert families == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
     # PrivateNetwork would take away the portals.
     assert values(service, "PrivateNetwork") in ([], ["no"])
     assert single(service, "PrivateDevices") == "yes"
