@@ -127,13 +127,17 @@ async def stop_process(leftover: Leftover, runtime_dir: Path, timeout: float = S
         # process that took the number over after openvpn ended.
         if tunnel_of(_cmdline(leftover.pid), runtime_dir) != leftover.tunnel:
             return "it had ended by itself"
-        for signum in (signal.SIGTERM, signal.SIGCONT):
+        try:
+            for signum in (signal.SIGTERM, signal.SIGCONT):
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(pidfd, signum)
+            if await _exited(pidfd, timeout):
+                return "it ended on SIGTERM"
             with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(pidfd, signum)
-        if await _exited(pidfd, timeout):
-            return "it ended on SIGTERM"
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except PermissionError:
+            # A daemon without CAP_KILL cannot end another user's process.
+            return "it could not be stopped: vpnd may not signal it; stop it by hand"
         if await _exited(pidfd, timeout):
             return f"it did not end within {timeout:g} s of SIGTERM and was killed"
         return "it did not end even on SIGKILL"
