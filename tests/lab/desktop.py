@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import select
 import signal
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,7 +25,7 @@ from typing import Any
 from jeepney import DBus, MatchRule
 from jeepney.io.blocking import open_dbus_connection
 
-from tests.lab.daemon import REPO
+from tests.lab.process import VpnctlProcess
 from tests.lab.require import require_tool
 
 NOTIFICATIONS_NAME = "org.freedesktop.Notifications"
@@ -255,42 +252,17 @@ def recorded(record: Path) -> list[list[str]]:
     return [line.rstrip("\0").split("\0") for line in record.read_text().splitlines() if line]
 
 
-class MonitorProcess:
+class MonitorProcess(VpnctlProcess):
     """`vpnctl monitor [ARGS]` as a child process; `line()` waits for its next line."""
 
-    def __init__(self, env: Mapping[str, str], args: Sequence[str] = ("--notify",)) -> None:
-        full_env = {**os.environ, **env}
-        full_env["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO / "client"), full_env.get("PYTHONPATH", "")]
-        )
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "vpnctl", "monitor", *args],
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+    what = "monitor"
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
+    def __init__(self, env: Mapping[str, str], args: Sequence[str] = ("--notify",)) -> None:
+        super().__init__(env, ["monitor", *args])
 
     def line(self, timeout: float = 30.0) -> str:
         """The next line without its time; fails when the monitor ends or is silent `timeout` s."""
-        try:
-            line = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no line within {timeout} s; so far: {self.lines}") from None
-        if line is None:
-            self._queue.put(None)
-            raise AssertionError(f"the monitor ended: {self.stop()}; so far: {self.lines}")
+        line = self._next_line(timeout)
         text = line.split("  ", 1)[1] if "  " in line else line
         self.lines.append(text)
         return text
@@ -301,34 +273,3 @@ class MonitorProcess:
             line = self.line(timeout)
             if line.startswith(prefix):
                 return line
-
-    def wait(self, timeout: float = 30.0) -> tuple[int, str]:
-        code = self.process.wait(timeout)
-        assert self.process.stderr is not None
-        return code, self.process.stderr.read()
-
-    def interrupt(self, timeout: float = 30.0) -> tuple[int, str]:
-        """Ctrl-C; then the exit status and standard error."""
-        self.process.send_signal(signal.SIGINT)
-        return self.wait(timeout)
-
-    def stop(self) -> tuple[int, str]:
-        if self.process.poll() is None:
-            self.process.kill()
-        return self.wait()
-
-    def __enter__(self) -> MonitorProcess:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
