@@ -32,7 +32,6 @@ import os
 import select
 import shlex
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -43,6 +42,8 @@ from typing import IO
 
 from jeepney import DBus, MatchRule
 from jeepney.io.blocking import DBusConnection, open_dbus_connection
+
+from tests.lab.process import terminate
 
 REPO = Path(__file__).resolve().parents[2]
 POLICY_FILE = REPO / "data" / "dbus" / "org.vpnd.Daemon.conf"
@@ -110,17 +111,6 @@ class BusError(RuntimeError):
 
 def _xml_text(value: str) -> str:
     return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _stop_process(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=_STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _without_guid(address: str | None) -> str:
@@ -217,9 +207,9 @@ class PrivateSystemBus:
         if self._proc is None or self._socket_dir is None:
             raise BusError("the private bus is not running")
         rules = self._polkit_rules
-        _stop_process(self._polkitd)
+        terminate(self._polkitd, _STOP_TIMEOUT)
         self._polkitd = None
-        _stop_process(self._proc)
+        terminate(self._proc, _STOP_TIMEOUT)
         self._proc = None
         # dbus-daemon does not take over a socket path that still exists.
         (self._socket_dir / "system_bus_socket").unlink(missing_ok=True)
@@ -283,10 +273,10 @@ class PrivateSystemBus:
 
     def stop(self) -> None:
         """Stop polkitd (if started) and the bus, and remove the socket directory."""
-        _stop_process(self._polkitd)
+        terminate(self._polkitd, _STOP_TIMEOUT)
         self._polkitd = None
         self._polkit_rules = None
-        _stop_process(self._proc)
+        terminate(self._proc, _STOP_TIMEOUT)
         self._proc = None
         self._address = None
         for log in self._logs:
@@ -466,12 +456,12 @@ class PrivateSystemBus:
         try:
             self.wait_for_name(POLKIT_BUS_NAME, process=self._polkitd)
         except BusError as exc:
-            _stop_process(self._polkitd)
+            terminate(self._polkitd, _STOP_TIMEOUT)
             self._polkitd = None
             raise BusError(f"{exc}\n{_tail(self.polkitd_log_path)}") from exc
 
     def stop_polkitd(self) -> None:
         """Stop polkitd if `start_polkitd()` started it."""
-        _stop_process(self._polkitd)
+        terminate(self._polkitd, _STOP_TIMEOUT)
         self._polkitd = None
         self._polkit_rules = None

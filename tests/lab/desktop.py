@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import select
-import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -25,7 +24,7 @@ from typing import Any
 from jeepney import DBus, MatchRule
 from jeepney.io.blocking import open_dbus_connection
 
-from tests.lab.process import VpnctlProcess
+from tests.lab.process import VpnctlProcess, terminate
 from tests.lab.require import require_tool
 
 NOTIFICATIONS_NAME = "org.freedesktop.Notifications"
@@ -186,13 +185,7 @@ class DesktopSession:
 
     def stop(self) -> None:
         for process in reversed(self._processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(5)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            terminate(process)
         self._processes = []
 
     def log(self) -> str:

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import IO
 
 from tests.lab.pki import LabPKI
+from tests.lab.process import terminate
 
 _LOCK_DIR = Path("/run/vpnd-lab")
 _SLOTS = 64
@@ -142,17 +143,6 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-def _terminate(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(_STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 class OpenVPNLab:
@@ -277,7 +267,7 @@ class OpenVPNLab:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGCONT)
         for process in self._servers.values():
-            _terminate(process)
+            terminate(process, _STOP_TIMEOUT)
         self._servers.clear()
         for log in self._logs.values():
             log.close()
@@ -492,7 +482,7 @@ class PlainClient:
     def stop(self) -> None:
         """Stop openvpn and wait for it to exit; safe to call twice."""
         if self.process is not None:
-            _terminate(self.process)
+            terminate(self.process, _STOP_TIMEOUT)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -1,4 +1,4 @@
-"""vpnctl run in the background by the lab, its output lines read as they come."""
+"""Child processes of the lab: how one is ended, and vpnctl run in the background."""
 
 from __future__ import annotations
 
@@ -10,9 +10,21 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from tests.lab.daemon import REPO
+
+
+def terminate(process: subprocess.Popen[Any] | None, timeout: float = 5.0) -> None:
+    """SIGTERM a process that still runs and wait for it; SIGKILL it after `timeout` s."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class VpnctlProcess:
