@@ -261,6 +261,31 @@ _TIERS = tuple((match, in_keywords) for match in MATCHES for in_keywords in (Fal
 _KIND_ORDER = {kind: n for n, kind in enumerate(KINDS)}
 
 
+_NAMES, _KEYWORDS, _FIRST, _WHOLE = range(4)
+"""The pools of word postings: the words of names; the words of keywords (and the
+country code); the first word of each name; names of one word."""
+
+_BACKWARDS = operator.itemgetter(slice(None, None, -1))
+_SPACES_IN = operator.methodcaller("count", " ")
+_KIND = operator.attrgetter("kind")
+_IDENT = operator.attrgetter("ident")
+_COUNTRY = operator.attrgetter("country_code")
+_PARTITION = operator.methodcaller("partition", " ")
+_FIRST_OF = operator.itemgetter(0)
+
+_NEAR_CANDIDATES = 16
+"""At most this many words of a look-up, each is compared with a query word letter
+by letter rather than the look-up narrowed down."""
+
+_FEW = 8
+"""At most this many entries left, a query word is compared with each of their
+words rather than the words one typo away from it looked up."""
+
+_CANDIDATES = 64
+"""At most this many entries left, a query word is checked in each entry's text
+rather than looked up."""
+
+
 class _Postings:
     """The words of several pools (the words of names, of keywords, …), each with
     the entries holding it, sorted for look-ups.
@@ -464,31 +489,6 @@ def _having(entries: Iterable[int], docs: list[str], needles: list[str]) -> set[
             itertools.compress(numbers, map(operator.contains, texts, itertools.repeat(needle)))
         )
     return kept
-
-
-_NAMES, _KEYWORDS, _FIRST, _WHOLE = range(4)
-"""The pools of word postings: the words of names; the words of keywords (and the
-country code); the first word of each name; names of one word."""
-
-_BACKWARDS = operator.itemgetter(slice(None, None, -1))
-_SPACES_IN = operator.methodcaller("count", " ")
-_KIND = operator.attrgetter("kind")
-_IDENT = operator.attrgetter("ident")
-_COUNTRY = operator.attrgetter("country_code")
-_PARTITION = operator.methodcaller("partition", " ")
-_FIRST_OF = operator.itemgetter(0)
-
-_NEAR_CANDIDATES = 16
-"""Below this many words of a look-up, each is compared with a query word letter
-by letter rather than the look-up narrowed down."""
-
-_FEW = 8
-"""Below this many entries left, a query word is compared with each of their
-words rather than the words one typo away from it looked up."""
-
-_CANDIDATES = 64
-"""Below this many entries left, a query word is checked in each entry's text
-rather than looked up."""
 
 
 def _names(entry: Entry) -> tuple[list[str], str]:
