@@ -554,7 +554,6 @@ class Discovery:
         }
         return DiscoveryResult(hits=hits, lists=lists)
 
-
     def listed(self, base_url: str, org_id: str = "") -> DiscoveredServer | Organization | None:
         """What the kept lists say of a server (or, with `org_id`, of the
         organization it was added for), without fetching or waiting: None
