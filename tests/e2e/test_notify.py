@@ -75,6 +75,14 @@ def wait_for(env: dict[str, str], state: str, timeout: float = 30.0) -> dict[str
     return now
 
 
+def wait_none_shown(desktop: DesktopSession, failure: str, timeout: float = 10.0) -> None:
+    """Wait until dunst shows no notification; `failure` says what is still shown if it does."""
+    deadline = time.monotonic() + timeout
+    while desktop.displayed():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.1)
+
+
 def openvpn_pid(vpnd: VpndProcess) -> int:
     out = subprocess.run(
         ["pgrep", "-P", str(vpnd.pid), "openvpn"], capture_output=True, text=True, check=True
@@ -208,10 +216,7 @@ def test_a_code_asked_opens_a_terminal_and_the_answer_takes_the_notice_away(
             check=True, capture_output=True, timeout=10,
         )  # fmt: skip
         wait_for(client_env, "connected")
-        deadline = time.monotonic() + 10
-        while desktop.displayed():
-            assert time.monotonic() < deadline, "the answered question is still shown"
-            time.sleep(0.1)
+        wait_none_shown(desktop, "the answered question is still shown")
         [closed] = desktop.history()
         assert closed["summary"] == "The VPN needs an answer"
         ok(vpnctl(["disconnect"], client_env))
@@ -242,9 +247,6 @@ def test_a_web_login_asked_opens_the_page(
         # The person logs in on that page; the server lets the client in.
         Path(control.read_text()).write_text("1")
         wait_for(client_env, "connected")
-        deadline = time.monotonic() + 10
-        while desktop.displayed():
-            assert time.monotonic() < deadline, "the finished login is still shown"
-            time.sleep(0.1)
+        wait_none_shown(desktop, "the finished login is still shown")
         ok(vpnctl(["disconnect"], client_env))
         assert monitor.interrupt() == (130, "")
