@@ -110,11 +110,7 @@ def unit_world(lab_pki: LabPKI, tmp_path_factory: pytest.TempPathFactory) -> Ite
 @pytest.fixture
 def unit_daemon(unit_world: UnitDaemon) -> Iterator[UnitDaemon]:
     """vpnd.service in the world, stopped and without state; left that way afterwards."""
-    unit_world.reset()
-    yield unit_world
-    log = unit_world.log()
-    unit_world.reset()
-    assert "Traceback" not in log, log
+    yield from unit_world.fresh()
     assert unit_world.openvpn_units() == []
 
 

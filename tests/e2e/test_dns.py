@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ from tests.lab.netns import OpenVPNLab
 from tests.lab.pki import LabPKI
 from tests.lab.portal import DEFAULT_PROFILES, TestPortal
 from tests.lab.require import missing
-from tests.lab.systemd import SystemdWorld, python_binds
+from tests.lab.systemd import SystemdWorld, WorldFile, python_binds
 from tests.lab.systemd import available as systemd_world_available
 from tests.lab.vpnd_unit import UNIT, UnitDaemon, world_files
 
@@ -83,30 +83,43 @@ def dns_portal(lab_pki: LabPKI, dns_lab: OpenVPNLab) -> Iterator[TestPortal]:
         yield portal
 
 
-@pytest.fixture(scope="module")
-def dns_world(lab_pki: LabPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UnitDaemon]:
-    """A world with vpnd.service and a running systemd-resolved of its own."""
+def resolver_world(
+    lab_pki: LabPKI,
+    tmp_path_factory: pytest.TempPathFactory,
+    resolver_files: Callable[[Path], dict[str, str | bytes | WorldFile]],
+    start_resolver: Callable[[SystemdWorld], None],
+    symlinks: dict[str, str] | None = None,
+) -> Iterator[UnitDaemon]:
+    """A world with vpnd.service and a resolver of its own: `resolver_files(cache)`
+    puts it in the world, `start_resolver(world)` runs it."""
     reason = systemd_world_available()
     if reason is not None:
         missing(reason)
     try:
-        files = world_files(lab_pki) | resolved.world_files(tmp_path_factory.mktemp("resolved"))
+        extra = resolver_files(tmp_path_factory.mktemp("resolver"))
     except resolved.ResolvedUnavailable as error:
         missing(str(error))
-    world = SystemdWorld(tmp_path_factory.mktemp("world"), files=files, binds=python_binds())
+    world = SystemdWorld(
+        tmp_path_factory.mktemp("world"),
+        files=world_files(lab_pki) | extra,
+        symlinks=symlinks,
+        binds=python_binds(),
+    )
     with world:
         bus = world.start_system_bus()
-        resolved.start(world)
+        start_resolver(world)
         yield UnitDaemon(world, bus)
+
+
+@pytest.fixture(scope="module")
+def dns_world(lab_pki: LabPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UnitDaemon]:
+    """A world with vpnd.service and a running systemd-resolved of its own."""
+    yield from resolver_world(lab_pki, tmp_path_factory, resolved.world_files, resolved.start)
 
 
 @pytest.fixture
 def daemon(dns_world: UnitDaemon) -> Iterator[UnitDaemon]:
-    dns_world.reset()
-    yield dns_world
-    log = dns_world.log()
-    dns_world.reset()
-    assert "Traceback" not in log, log
+    yield from dns_world.fresh()
 
 
 def tunnel_link(address: str) -> str:
@@ -218,32 +231,18 @@ def resolvconf_world(
     lab_pki: LabPKI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[UnitDaemon]:
     """A world with vpnd.service and Debian's resolvconf, its /etc/resolv.conf resolvconf's."""
-    reason = systemd_world_available()
-    if reason is not None:
-        missing(reason)
-    try:
-        extra = resolved.resolvconf_world_files(tmp_path_factory.mktemp("resolvconf"))
-    except resolved.ResolvedUnavailable as error:
-        missing(str(error))
-    world = SystemdWorld(
-        tmp_path_factory.mktemp("world"),
-        files=world_files(lab_pki) | extra,
+    yield from resolver_world(
+        lab_pki,
+        tmp_path_factory,
+        resolved.resolvconf_world_files,
+        resolved.start_resolvconf,
         symlinks={"/etc/resolv.conf": resolved.RESOLV_CONF_LINK},
-        binds=python_binds(),
     )
-    with world:
-        bus = world.start_system_bus()
-        resolved.start_resolvconf(world)
-        yield UnitDaemon(world, bus)
 
 
 @pytest.fixture
 def rc_daemon(resolvconf_world: UnitDaemon) -> Iterator[UnitDaemon]:
-    resolvconf_world.reset()
-    yield resolvconf_world
-    log = resolvconf_world.log()
-    resolvconf_world.reset()
-    assert "Traceback" not in log, log
+    yield from resolvconf_world.fresh()
 
 
 def test_resolvconf_gets_the_dns_and_loses_it_on_disconnect_and_after_a_kill(

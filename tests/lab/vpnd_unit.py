@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tests.lab.daemon import REPO
@@ -145,6 +145,15 @@ class UnitDaemon:
         self.world.run("rm", "-rf", STATE_DIR, RUNTIME_DIR, check=False)
         out = self.world.run("journalctl", "-n", "0", "--show-cursor", check=False).stdout
         self._cursor = out.rpartition("-- cursor: ")[2].strip() or None
+
+    def fresh(self) -> Iterator[UnitDaemon]:
+        """A test fixture's body (`yield from`): reset, the test, reset again; a
+        traceback in the daemon's log of the test fails it."""
+        self.reset()
+        yield self
+        log = self.log()
+        self.reset()
+        assert "Traceback" not in log, log
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         """Wait until `predicate()` is true."""
