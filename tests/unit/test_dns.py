@@ -260,28 +260,39 @@ def log_until_completed(tunnel: Tunnel) -> None:
     tunnel._output_line(machine_line("Initialization Sequence Completed"))
 
 
+def tunnel_reporting_up(tmp_path: Path, config: str = "client\n") -> tuple[Tunnel, list[Up]]:
+    """A tunnel handed `config`, and the Up events it reports, in order."""
+    ups: list[Up] = []
+
+    def take(event: TunnelEvent) -> None:
+        if isinstance(event, Up):
+            ups.append(event)
+
+    tunnel = Tunnel("t", TunnelSettings(runtime_dir=tmp_path), take)
+    tunnel._take_config(config, None)
+    return tunnel, ups
+
+
 @pytest.mark.parametrize("log_first", [True, False])
 def test_up_carries_the_link_and_dns_in_either_order(tmp_path: Path, log_first: bool) -> None:
-    events: list[TunnelEvent] = []
-    tunnel = Tunnel("t", TunnelSettings(runtime_dir=tmp_path), events.append)
-    tunnel._take_config("client\n", None)
+    tunnel, ups = tunnel_reporting_up(tmp_path)
     connected = StateEvent(0, "CONNECTED", "SUCCESS", "10.8.0.2", "198.51.100.1", "1194")
     if log_first:
         log_until_completed(tunnel)
         tunnel._on_state(connected)
     else:
         tunnel._on_state(connected)
-        assert not [e for e in events if isinstance(e, Up)]  # waits for the log
+        assert not ups  # waits for the log
         log_until_completed(tunnel)
-    [up] = [e for e in events if isinstance(e, Up)]
+    [up] = ups
     assert up.local_ip == "10.8.0.2" and up.link == "tun7"
     assert up.dns == PushedDns((DnsServer("10.8.0.1"),))
     # A restart waits for its own log again.
     tunnel._on_state(StateEvent(0, "RECONNECTING", "ping-restart"))
     tunnel._on_state(connected)
-    assert len([e for e in events if isinstance(e, Up)]) == 1
+    assert len(ups) == 1
     tunnel._output_line(machine_line("Initialization Sequence Completed"))
-    assert [e.dns for e in events if isinstance(e, Up)][-1] == PushedDns()
+    assert ups[-1].dns == PushedDns()
 
 
 def test_an_auth_token_before_a_dns_option_hides_neither(
@@ -289,37 +300,30 @@ def test_an_auth_token_before_a_dns_option_hides_neither(
 ) -> None:
     # openvpn logs the token's option bare ("auth-token,"); the log's
     # redaction must not cost the option after it, nor the token show.
-    events: list[TunnelEvent] = []
-    tunnel = Tunnel("t", TunnelSettings(runtime_dir=tmp_path), events.append)
-    tunnel._take_config("client\n", None)
+    tunnel, ups = tunnel_reporting_up(tmp_path)
     caplog.set_level(logging.DEBUG, "vpnd.tunnel")
     for token in ("auth-token", "auth-token SECRET"):
         tunnel._output_line(machine_line("TUN/TAP device tun7 opened"))
         tunnel._output_line(machine_line(push_line(token, "dhcp-option DNS 10.8.0.1")))
         tunnel._output_line(machine_line("Initialization Sequence Completed"))
         tunnel._on_state(StateEvent(0, "CONNECTED", "SUCCESS", "10.8.0.2"))
-        assert [e for e in events if isinstance(e, Up)][-1].dns.servers == (DnsServer("10.8.0.1"),)
+        assert ups[-1].dns.servers == (DnsServer("10.8.0.1"),)
         tunnel._on_state(StateEvent(0, "RECONNECTING", "ping-restart"))
     assert "SECRET" not in caplog.text
 
 
 def test_a_config_that_redirects_the_gateway_is_a_full_tunnel(tmp_path: Path) -> None:
-    events: list[TunnelEvent] = []
-    config = "client\nredirect-gateway def1\n"
-    tunnel = Tunnel("t", TunnelSettings(runtime_dir=tmp_path), events.append)
-    tunnel._take_config(config, None)
+    tunnel, ups = tunnel_reporting_up(tmp_path, "client\nredirect-gateway def1\n")
     log_until_completed(tunnel)
     tunnel._on_state(StateEvent(0, "CONNECTED", "SUCCESS", "10.8.0.2"))
-    [up] = [e for e in events if isinstance(e, Up)]
+    [up] = ups
     assert up.dns.redirect_gateway
 
 
 def test_a_rejected_reply_is_logged_without_its_text(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    events: list[TunnelEvent] = []
-    tunnel = Tunnel("t", TunnelSettings(runtime_dir=tmp_path), events.append)
-    tunnel._take_config("client\n", None)
+    tunnel, _ = tunnel_reporting_up(tmp_path)
     caplog.set_level(logging.DEBUG, "vpnd.tunnel")
     bad = push_line("dhcp-option DNS not-an-address", "auth-token SECRET")
     tunnel._output_line(machine_line(bad))
