@@ -8,14 +8,18 @@ user never says which generation a server speaks; vpnd finds out.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from tests.lab.browser import final_address
 from tests.lab.daemon import VpndProcess, failed, ok, ping, state_files, status, vpnctl
 from tests.lab.netns import OpenVPNLab
+from tests.lab.pki import LabPKI
 from tests.lab.portal_v2 import TestPortalV2
+from tests.lab.terminal import Terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -137,3 +141,48 @@ def test_the_key_pair_is_kept_sealed(
     for path, data in state_files(vpnd).items():
         for line in key_body:
             assert line.encode() not in data, path
+
+
+def test_a_headless_implicit_grant_login_takes_the_address_with_the_token(
+    vpnd: VpndProcess,
+    portal_v2: TestPortalV2,
+    openvpn_lab: OpenVPNLab,
+    lab_pki: LabPKI,
+    client_env: dict[str, str],
+) -> None:
+    portal_v2.api_version = 1
+    ok(vpnctl(["add", portal_v2.base_url], client_env))
+    env = {**client_env, "BROWSER": "/bin/false"}  # no browser on this machine
+
+    def other_device(terminal: Terminal) -> str:
+        """The address the browser on another device ends at (it never loads it)."""
+        url = terminal.expect("/_oauth/authorize?").rpartition("\n")[2]
+        url += terminal.expect("\n").strip()
+        assert "response_type=token" in url  # API v1: the implicit grant
+        terminal.expect("Paste that address here")
+        return final_address(url, ca_file=str(lab_pki.ca_path))
+
+    with Terminal.vpnctl(["login", "--no-browser", "127.0.0.1"], env) as terminal:
+        address = other_device(terminal)
+        # The token comes back in the fragment, which no server ever sees.
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/callback#.*access_token=.+", address)
+        assert "state=" in address.partition("#")[2]
+        # A forged state is refused as a real callback's would be.
+        forged = re.sub(r"state=[^&]*", "state=forged", address)
+        terminal.send(forged)
+        assert terminal.wait() != 0
+        # What vpnctl said after the (echoed) pasted line.
+        assert "state mismatch" in terminal.output.rpartition(forged)[2]
+    assert servers(client_env)[0]["authorized"] is False
+    with Terminal.vpnctl(["login", "--no-browser", "127.0.0.1"], env) as terminal:
+        terminal.send(other_device(terminal))
+        terminal.expect("Logged in to")
+        assert terminal.wait() == 0
+    # No token endpoint in API v1: the pasted fragment was the whole login.
+    assert portal_v2.token_grants == []
+    [server] = servers(client_env)
+    assert server["authorized"] is True and server["kind"] == "eduvpn-v1"
+    # The token from the pasted address is the one the API accepts.
+    ok(vpnctl(["connect", "127.0.0.1", "--profile", "internet"], client_env))
+    assert ping(openvpn_lab.tunnel_gateway_udp)
+    ok(vpnctl(["disconnect"], client_env))
