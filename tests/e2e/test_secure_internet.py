@@ -12,12 +12,14 @@ never called.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.lab.browser import final_address
 from tests.lab.daemon import failed, ok, ping, status, vpnctl
 from tests.lab.dbus import PrivateSystemBus
 from tests.lab.discovery import (
@@ -30,6 +32,7 @@ from tests.lab.discovery import (
 from tests.lab.netns import OpenVPNLab
 from tests.lab.pki import LabPKI
 from tests.lab.portal import TestPortal
+from tests.lab.terminal import Terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -151,6 +154,60 @@ def test_one_login_at_home_serves_every_location(
     assert "no secure-internet location 'FR'" in line
     ok(vpnctl(["location", ""], client_env))
     assert json.loads(ok(vpnctl(["location", "--json"], client_env)))[0]["current"] is True
+
+
+def test_a_headless_login_at_home_serves_every_location(
+    daemon: DiscoveryDaemon,
+    federation: tuple[TestPortal, TestPortal],
+    openvpn_lab: OpenVPNLab,
+    lab_pki: LabPKI,
+    client_env: dict[str, str],
+) -> None:
+    home, away = federation
+    server = f"{home.host}:{home.port}"
+    ok(vpnctl(["add", "--org", ORG], client_env))
+    env = {**client_env, "BROWSER": "/bin/false"}  # no browser on this machine
+
+    def other_device(terminal: Terminal) -> str:
+        """The address the browser on another device ends at (it never loads it)."""
+        terminal.expect("Open this address in a browser to log in:\n")
+        url = terminal.expect("\n").strip()
+        # The login starts at the home server's shortcut for the organization.
+        assert url.startswith(f"{home.base_url}_saml/login?")
+        terminal.expect("Paste that address here")
+        return final_address(url, ca_file=str(lab_pki.ca_path))
+
+    with Terminal.vpnctl(["login", "--no-browser", server], env) as terminal:
+        address = other_device(terminal)
+        assert address.startswith("http://127.0.0.1:")
+        # A forged state is refused as a real callback's would be.
+        forged = re.sub(r"state=[^&]*", "state=forged", address)
+        terminal.send(forged)
+        assert terminal.wait() != 0
+        # What vpnctl said after the (echoed) pasted line.
+        assert "state mismatch" in terminal.output.rpartition(forged)[2]
+    assert json.loads(ok(vpnctl(["list", "--json"], client_env)))[0]["authorized"] is False
+    with Terminal.vpnctl(["login", "--no-browser", server], env) as terminal:
+        terminal.send(other_device(terminal))
+        terminal.expect("Logged in to")
+        assert terminal.wait() == 0
+    assert home.shortcut_logins == [ORG, ORG]
+    assert home.token_grants == ["authorization_code"]
+    [listed] = json.loads(ok(vpnctl(["list", "--json"], client_env)))
+    assert listed["authorized"] is True and listed["kind"] == "secure-internet"
+
+    # The home server's token serves both locations, without a new login.
+    ok(vpnctl(["connect", server, "--profile", "employees"], client_env))
+    assert ping(openvpn_lab.tunnel_gateway_udp)
+    ok(vpnctl(["disconnect"], client_env))
+    ok(vpnctl(["location", "se"], client_env))
+    ok(vpnctl(["connect", server, "--profile", "employees"], client_env))
+    assert status(client_env)["state"] == "connected"
+    assert ping(openvpn_lab.tunnel_gateway_udp)
+    ok(vpnctl(["disconnect"], client_env))
+    assert len(home.connect_calls) == 1 and len(away.connect_calls) == 1
+    assert home.token_grants == ["authorization_code"]
+    assert oauth_requests(away) == [] and away.shortcut_logins == []
 
 
 def test_an_organization_the_list_does_not_have_is_named(
