@@ -71,8 +71,18 @@ _BREAK_CLASS = (
     r"\x01!-/:-@\[-`{-~\u00a0-\u00bf\u2000-\u206f\u2e00-\u2e7f"
     r"\u3000-\u303f\ufe30-\ufe4f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
 )
-_BREAKS = re.compile(f"[{_BREAK_CLASS}]+")
-_BREAKS_AND_SPACES = re.compile(rf"[{_BREAK_CLASS}\s]+")
+
+
+def _run_of(character_class: str) -> re.Pattern[str]:
+    """A pattern of one or more characters of a class, written "[…][…]*" rather
+    than "[…]+": a pattern that starts with the class lets the regex engine skip
+    to the next such character instead of trying a match at every one (two to
+    three times faster over text where they are few)."""
+    return re.compile(f"{character_class}{character_class}*")
+
+
+_BREAKS = _run_of(f"[{_BREAK_CLASS}]")
+_BREAKS_AND_SPACES = _run_of(rf"[{_BREAK_CLASS}\s]")
 # The same for ASCII text, bytewise: breaks and whitespace become spaces.
 _ASCII_SPACED = bytes(c for c in range(128) if _BREAKS_AND_SPACES.fullmatch(chr(c)))
 _ASCII_BREAKS = bytes.maketrans(_ASCII_SPACED, b" " * len(_ASCII_SPACED))
@@ -99,13 +109,13 @@ def _combining_marks() -> tuple[re.Pattern[str], re.Pattern[str]]:
 
     def pattern(ranges: list[tuple[int, int]]) -> re.Pattern[str]:
         # Literal characters: a class of them is matched much faster than one of \U escapes.
-        return re.compile(
+        return _run_of(
             "["
             + "".join(
                 re.escape(chr(first)) + ("" if first == last else "-" + re.escape(chr(last)))
                 for first, last in ranges
             )
-            + "]+"
+            + "]"
         )
 
     return pattern(found[0]), pattern(found[1])
