@@ -307,7 +307,8 @@ def test_a_headless_login_takes_the_address_the_browser_ended_at(
         forged = re.sub(r"state=[^&]*", "state=forged", address)
         terminal.send(forged)
         assert terminal.wait() != 0
-        assert "state" in terminal.output
+        # What vpnctl said after the echo of the pasted line (which holds "state").
+        assert "state mismatch" in terminal.output.rpartition(forged)[2]
     assert json.loads(ok(vpnctl(["list", "--json"], client_env)))[0]["authorized"] is False
     with Terminal.vpnctl(["login", "--no-browser", portal.host], env) as terminal:
         url = terminal.expect("/oauth/authorize?").rpartition("\n")[2]
