@@ -298,15 +298,19 @@ async def test_stop_while_connecting(
     assert len(recorder.exits) == 1
 
 
+@pytest.mark.parametrize("ahead", [False, True], ids=["", "ahead"])
 @pytest.mark.parametrize("yields", [0, 1, 3, 10, 30, 100, 300])
 async def test_stop_at_any_point_of_start(
     unreachable_config: str,
     settings: TunnelSettings,
     runtime_dir: Path,
     yields: int,
+    ahead: bool,
     make_tunnel: MakeTunnel,
 ) -> None:
     tunnel, recorder = make_tunnel("racing", unreachable_config, settings)
+    if ahead:
+        tunnel.prepare()
     starting = asyncio.create_task(tunnel.start())
     for _ in range(yields):
         await asyncio.sleep(0)  # let start() get that far, without waiting for time
@@ -325,15 +329,20 @@ async def test_stop_at_any_point_of_start(
     assert_nothing_left(tunnel, runtime_dir)
 
 
+@pytest.mark.parametrize("ahead", [False, True], ids=["", "ahead"])
 @pytest.mark.parametrize("yields", [1, 10, 100, 300])
 async def test_cancelling_start_cleans_up(
     unreachable_config: str,
     settings: TunnelSettings,
     runtime_dir: Path,
     yields: int,
+    ahead: bool,
     make_tunnel: MakeTunnel,
 ) -> None:
     tunnel, recorder = make_tunnel("cancelled", unreachable_config, settings)
+    if ahead:
+        # Cancelled while openvpn is being spawned ahead of its config, too.
+        tunnel.prepare()
     starting = asyncio.create_task(tunnel.start())
     for _ in range(yields):
         await asyncio.sleep(0)
@@ -344,6 +353,9 @@ async def test_cancelling_start_cleans_up(
 
     with contextlib.suppress(asyncio.CancelledError):
         await starting
+    if ahead:
+        # The spawn under way was waited for, and its openvpn ended with it.
+        assert tunnel.pid is not None
     if tunnel.pid is not None:
         await recorder.exited()
         assert len(recorder.exits) == 1

@@ -229,7 +229,7 @@ class Tunnel:
 
         openvpn loads its libraries and initialises its crypto library, then
         waits on its standard input. Call it when a config is on its way (the
-        server is being asked for one); stop() ends such an openvpn, started()
+        server is being asked for one); stop() ends such an openvpn, started
         or not. Failures to spawn come out of start().
         """
         if self._launch_task is None and not self._stop_requested:
@@ -286,11 +286,10 @@ class Tunnel:
             raise TunnelFailed("the connection was stopped before openvpn started")
         try:
             await asyncio.shield(self._launch_task)
-        except asyncio.CancelledError:
-            await asyncio.shield(self._shutdown())
-            raise
-        except TunnelFailed:
-            await asyncio.shield(self._shutdown())
+        except BaseException:
+            # Cancelled, or the spawn failed: stop() waits for a spawn still
+            # under way, so that no openvpn is left waiting for its config.
+            await asyncio.shield(self.stop())
             raise
         if self._stop_requested:
             await asyncio.shield(self._shutdown())
