@@ -862,7 +862,8 @@ async def test_a_kept_copy_from_another_address_or_key_is_not_used(
             await discovery.aclose()
 
 
-async def test_legacy_lists_are_searched_when_only_they_are_set(tmp_path: Path) -> None:
+def legacy_lists_only(tmp_path: Path) -> tuple[config.Settings, FakeHttp]:
+    """Settings with only the legacy lists set, and a server of both, signed."""
     settings = replace(
         config.Settings(),
         state_dir=tmp_path,
@@ -880,6 +881,11 @@ async def test_legacy_lists_are_searched_when_only_they_are_set(tmp_path: Path) 
     for name, body in ((d.INSTITUTE_ACCESS_LIST, institute), (d.SECURE_INTERNET_LIST, secure)):
         fake.files[name] = body
         fake.files[name + ".sig"] = SIGNER.sign_legacy(body)
+    return settings, fake
+
+
+async def test_legacy_lists_are_searched_when_only_they_are_set(tmp_path: Path) -> None:
+    settings, fake = legacy_lists_only(tmp_path)
     discovery = Discovery(settings, fake)
     try:
         assert discovery.mode == "legacy"
@@ -903,23 +909,7 @@ async def test_legacy_lists_are_searched_when_only_they_are_set(tmp_path: Path) 
 async def test_legacy_lists_are_fetched_on_demand_secure_internet_at_most_weekly(
     tmp_path: Path,
 ) -> None:
-    settings = replace(
-        config.Settings(),
-        state_dir=tmp_path,
-        discovery_url="",
-        instance_discovery_url="https://static.example/disco/",
-        instance_discovery_key=SIGNER.legacy_public_key,
-    )
-    fake = FakeHttp()
-    institute = instance_list(
-        3, "local", [{"base_uri": "https://demo.example/", "display_name": "Demo Institute"}]
-    )
-    secure = instance_list(
-        4, "distributed", [{"base_uri": "https://nl.example/", "display_name": "Nederland"}]
-    )
-    for name, body in ((d.INSTITUTE_ACCESS_LIST, institute), (d.SECURE_INTERNET_LIST, secure)):
-        fake.files[name] = body
-        fake.files[name + ".sig"] = SIGNER.sign_legacy(body)
+    settings, fake = legacy_lists_only(tmp_path)
     clock = Clock()
     discovery = Discovery(settings, fake, monotonic=clock)
     try:
