@@ -35,7 +35,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -59,13 +58,6 @@ WAIT = 30.0
 
 
 # --- helpers ----------------------------------------------------------------------
-
-
-def openvpn_children(daemon: VpndProcess) -> list[int]:
-    out = subprocess.run(
-        ["pgrep", "-P", str(daemon.pid), "-a"], capture_output=True, text=True, check=False
-    )
-    return [int(line.split()[0]) for line in out.stdout.splitlines() if "openvpn" in line]
 
 
 def account(pid: int) -> tuple[str, str]:
@@ -210,7 +202,7 @@ def survives_sigusr1(live: Live) -> None:
     os.kill(live.pid, signal.SIGUSR1)
     wait_until(lambda: restarts() > before, "openvpn to come back after SIGUSR1")
     wait_until(lambda: status(live.env)["state"] == "connected", "the connection to settle")
-    assert openvpn_children(live.daemon) == [live.pid]
+    assert live.daemon.openvpn_children() == [live.pid]
 
 
 def no_tun7(live: Live) -> None:
@@ -418,7 +410,7 @@ def baseline(
     """The account openvpn runs as once connected, with nothing hostile in its config."""
     portal_session.reset()
     ok(vpnctl(["connect", portal_session.base_url, "--profile", PROFILE], env))
-    [pid] = openvpn_children(daemon)
+    [pid] = daemon.openvpn_children()
     found = account(pid)
     ok(vpnctl(["disconnect"], env))
     return found
@@ -458,14 +450,14 @@ def test_a_hostile_config_does_not_take_effect(
         if case.refused is not None:
             assert case.refused in failed(result)
             assert status(env)["error"] == "org.vpnd.Error.ConfigRejected"
-            assert openvpn_children(daemon) == []
+            assert daemon.openvpn_children() == []
             # openvpn may have been started ahead of the config, but never got
             # it: it never came back over its management socket.
             assert "released from hold" not in daemon.log()[log_start:]
         else:
             ok(result)
             assert status(env)["state"] == "connected"
-            [pid] = openvpn_children(daemon)
+            [pid] = daemon.openvpn_children()
             assert account(pid) == baseline
             assert sorted(dropped_names(daemon.log()[log_start:])) == sorted(case.dropped)
             # While it runs (openvpn removes some files when it exits) ...
@@ -474,7 +466,7 @@ def test_a_hostile_config_does_not_take_effect(
                 case.check(Live(daemon, env, scratch, pid, log_start))
             ok(vpnctl(["disconnect"], env))
             assert status(env)["state"] == "disconnected"
-            assert openvpn_children(daemon) == []
+            assert daemon.openvpn_children() == []
         # ... and after (the `down` hooks have had their turn).
         scratch.assert_untouched()
     except BaseException:

@@ -30,13 +30,6 @@ def ip(*argv: str) -> None:
     subprocess.run(["ip", *argv], check=True, capture_output=True, text=True)
 
 
-def openvpn_children(vpnd: VpndProcess) -> list[str]:
-    out = subprocess.run(
-        ["pgrep", "-P", str(vpnd.pid), "-a"], capture_output=True, text=True, check=False
-    )
-    return [line for line in out.stdout.splitlines() if "openvpn" in line]
-
-
 def test_a_new_way_to_the_server_makes_the_tunnel_again(
     vpnd: VpndProcess, portal: TestPortal, openvpn_lab: OpenVPNLab, client_env: dict[str, str]
 ) -> None:
@@ -46,7 +39,7 @@ def test_a_new_way_to_the_server_makes_the_tunnel_again(
     ok(vpnctl(["login", portal.host], env))
     ok(vpnctl(["connect", portal.host, "--profile", "employees"], env))
     assert status(env)["state"] == "connected"
-    [before] = openvpn_children(vpnd)
+    [before] = vpnd.openvpn_children()
     # Addresses of the lab's own /24 (its link uses .0/30).
     prefix = lab.host_address.rpartition(".")[0]
     new_host, new_gateway = f"{prefix}.5", f"{prefix}.6"
@@ -56,7 +49,7 @@ def test_a_new_way_to_the_server_makes_the_tunnel_again(
         ip("addr", "add", f"{new_host}/30", "dev", lab.veth_host)
         ip("addr", "del", f"{lab.host_address}/30", "dev", lab.veth_host)
         ip("route", "add", f"{lab.server_address}/32", "via", new_gateway, "dev", lab.veth_host)
-        while not ((now := openvpn_children(vpnd)) and now != [before]):
+        while not ((now := vpnd.openvpn_children()) and now != [before]):
             assert time.monotonic() - moved < WITHIN, vpnd.log()[-3000:]
             time.sleep(0.1)
         while status(env)["state"] != "connected":
@@ -88,12 +81,12 @@ def test_a_link_down_and_up_again_brings_the_tunnel_back(
     ok(vpnctl(["add", portal.base_url], env))
     ok(vpnctl(["login", portal.host], env))
     ok(vpnctl(["connect", portal.host, "--profile", "employees"], env))
-    [before] = openvpn_children(vpnd)
+    [before] = vpnd.openvpn_children()
     try:
         ip("link", "set", lab.veth_host, "down")
         # While it is down the tunnel is made again, and cannot come up.
         deadline = time.monotonic() + WITHIN
-        while openvpn_children(vpnd) == [before]:
+        while vpnd.openvpn_children() == [before]:
             assert time.monotonic() < deadline, vpnd.log()[-3000:]
             time.sleep(0.1)
         time.sleep(2)
@@ -116,7 +109,7 @@ def test_changes_elsewhere_leave_the_tunnel_alone(
     ok(vpnctl(["add", portal.base_url], env))
     ok(vpnctl(["login", portal.host], env))
     ok(vpnctl(["connect", portal.host, "--profile", "employees"], env))
-    [before] = openvpn_children(vpnd)
+    [before] = vpnd.openvpn_children()
     # A link that comes and goes and a route elsewhere: the way to the server stays.
     name = f"vpnd-nw-{openvpn_lab.slot}"
     try:
@@ -129,7 +122,7 @@ def test_changes_elsewhere_leave_the_tunnel_alone(
         subprocess.run(["ip", "link", "del", name], check=False)
     # Long enough for the watcher's quiet period and a restart it should not make.
     time.sleep(3)
-    assert openvpn_children(vpnd) == [before]
+    assert vpnd.openvpn_children() == [before]
     assert "network change" not in vpnd.log()
     assert status(env)["state"] == "connected"
     ok(vpnctl(["disconnect"], env))

@@ -83,14 +83,6 @@ def wait_none_shown(desktop: DesktopSession, failure: str, timeout: float = 10.0
         time.sleep(0.1)
 
 
-def openvpn_pid(vpnd: VpndProcess) -> int:
-    out = subprocess.run(
-        ["pgrep", "-P", str(vpnd.pid), "openvpn"], capture_output=True, text=True, check=True
-    )
-    [pid] = out.stdout.split()
-    return int(pid)
-
-
 def test_the_session_ends_with_one_notification_whose_renew_logs_in_and_reconnects(
     vpnd: VpndProcess,
     portal: TestPortal,
@@ -165,7 +157,7 @@ def test_a_lost_tunnel_and_its_return_replace_each_other(
         line = monitor.line()
         assert line.startswith("following vpnd: /org/vpnd/Daemon/connections/")
         assert line.endswith(" is connected")
-        os.kill(openvpn_pid(vpnd), signal.SIGKILL)
+        os.kill(vpnd.openvpn_pid(), signal.SIGKILL)
         assert monitor.line() == (
             f"lost: VPN connection lost — The tunnel to {portal.host} went down; reconnecting."
         )

@@ -358,20 +358,6 @@ class BusMonitor:
 # -- helpers -------------------------------------------------------------------
 
 
-def openvpn_pid(daemon: VpndProcess | UnitDaemon) -> int:
-    if isinstance(daemon, UnitDaemon):
-        return daemon.openvpn_pid()
-    out = subprocess.run(
-        ["pgrep", "-P", str(daemon.pid), "-x", "openvpn"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    pids = [int(pid) for pid in out.stdout.split()]
-    assert len(pids) == 1, f"openvpn children of vpnd: {pids}"
-    return pids[0]
-
-
 def forging_browser(directory: Path, browser: str) -> Path:
     """A $BROWSER that changes the state in the authorization URL, then approves as usual.
 
@@ -449,7 +435,7 @@ def test_a_whole_session_leaks_no_secret(
         assert ping(openvpn_lab.tunnel_gateway_udp)
         ok(capture.vpnctl(["status", "--json"], env))
         ok(capture.vpnctl(["status"], env))
-        pid = openvpn_pid(daemon)
+        pid = daemon.openvpn_pid()
         argv = Path(f"/proc/{pid}/cmdline").read_bytes()
         capture.add("openvpn argv", argv)
         capture.add("openvpn environment", Path(f"/proc/{pid}/environ").read_bytes())

@@ -40,13 +40,6 @@ def tun_devices() -> set[str]:
     }
 
 
-def openvpn_children(vpnd: VpndProcess) -> list[str]:
-    out = subprocess.run(
-        ["pgrep", "-P", str(vpnd.pid), "-a"], capture_output=True, text=True, check=False
-    )
-    return [line for line in out.stdout.splitlines() if "openvpn" in line]
-
-
 @pytest.fixture
 def logged_in(vpnd: VpndProcess, portal: TestPortal, client_env: dict[str, str]) -> dict[str, str]:
     ok(vpnctl(["add", portal.base_url], client_env))
@@ -73,11 +66,11 @@ def test_connect_ping_status_disconnect(
     )
     # The portal's Expires header is the session expiry.
     assert abs(now["session_expiry"] - (time.time() + portal.session_seconds)) < 120
-    [child] = openvpn_children(vpnd)
+    [child] = vpnd.openvpn_children()
     # openvpn gets none of the daemon's environment: with NOTIFY_SOCKET it
     # reported to the service manager in vpnd's name and blocked once its
     # queue was full.
-    environ = Path(f"/proc/{child.split()[0]}/environ").read_bytes().split(b"\0")
+    environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
     assert not [v for v in environ if v.startswith((b"NOTIFY_SOCKET=", b"DBUS_", b"SSL_"))]
     ours = tun_devices() - tuns_before
     assert len(ours) == 1
@@ -90,7 +83,7 @@ def test_connect_ping_status_disconnect(
 
     ok(vpnctl(["disconnect"], env))
     assert status(env)["state"] == "disconnected"
-    assert openvpn_children(vpnd) == []
+    assert vpnd.openvpn_children() == []
     assert not ours & tun_devices()
     assert list(vpnd.runtime_dir.iterdir()) == []
     assert portal.disconnect_calls == 1
@@ -125,7 +118,7 @@ def test_an_unknown_profile_is_named(
     line = failed(vpnctl(["connect", portal.host, "--profile", "nope"], logged_in))
     assert "profile" in line
     assert status(logged_in)["error"] == "org.vpnd.Error.NotFound"
-    assert openvpn_children(vpnd) == []
+    assert vpnd.openvpn_children() == []
     assert state_files(vpnd) == before
 
 
@@ -136,7 +129,7 @@ def test_a_config_without_ca_is_refused_before_openvpn_runs(
     line = failed(vpnctl(["connect", portal.host, "--profile", "employees"], logged_in))
     assert "ca" in line
     assert status(logged_in)["error"] == "org.vpnd.Error.ConfigRejected"
-    assert openvpn_children(vpnd) == []
+    assert vpnd.openvpn_children() == []
     assert list(vpnd.runtime_dir.iterdir()) == []
 
 
@@ -154,7 +147,7 @@ def test_openvpn_exiting_early_is_named_and_cleaned_up(
     now = status(logged_in)
     assert now["state"] == "failed"
     assert now["error"] == "org.vpnd.Error.TunnelFailed"
-    assert openvpn_children(vpnd) == []
+    assert vpnd.openvpn_children() == []
     assert list(vpnd.runtime_dir.iterdir()) == []
     assert tun_devices() <= tuns_before
     # Session expiry aside, what was stored is untouched.
@@ -165,9 +158,9 @@ def test_a_killed_openvpn_is_replaced_and_the_tunnel_comes_back(
     vpnd: VpndProcess, portal: TestPortal, openvpn_lab: OpenVPNLab, logged_in: dict[str, str]
 ) -> None:
     ok(vpnctl(["connect", portal.host, "--profile", "employees"], logged_in))
-    [child] = openvpn_children(vpnd)
+    [child] = vpnd.openvpn_children()
     calls = len(portal.connect_calls)
-    os.kill(int(child.split()[0]), signal.SIGKILL)
+    os.kill(child, signal.SIGKILL)
     seen = set()
     deadline = time.monotonic() + 30
     while True:
@@ -181,10 +174,10 @@ def test_a_killed_openvpn_is_replaced_and_the_tunnel_comes_back(
     assert ping(openvpn_lab.tunnel_gateway_udp)
     # A fresh configuration for the new openvpn, the old session released.
     assert len(portal.connect_calls) == calls + 1 and portal.disconnect_calls >= 1
-    [again] = openvpn_children(vpnd)
+    [again] = vpnd.openvpn_children()
     assert again != child
     ok(vpnctl(["disconnect"], logged_in))
-    assert openvpn_children(vpnd) == []
+    assert vpnd.openvpn_children() == []
 
 
 def test_a_session_that_ends_disconnects_with_that_reason(
@@ -199,7 +192,7 @@ def test_a_session_that_ends_disconnects_with_that_reason(
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert now["error"] == "org.vpnd.Error.SessionExpired"
-    assert openvpn_children(vpnd) == []
+    assert vpnd.openvpn_children() == []
     assert portal.disconnect_calls == 1
 
 
@@ -235,7 +228,7 @@ def test_disconnect_while_connecting(
     assert status(logged_in)["state"] in {"preparing", "connecting"}
     ok(vpnctl(["disconnect"], logged_in))
     assert status(logged_in)["state"] == "disconnected"
-    assert openvpn_children(vpnd) == []
+    assert vpnd.openvpn_children() == []
     assert list(vpnd.runtime_dir.iterdir()) == []
 
 
@@ -256,8 +249,7 @@ def test_a_frozen_openvpn_does_not_hold_up_the_daemon(
     vpnd: VpndProcess, portal: TestPortal, logged_in: dict[str, str]
 ) -> None:
     ok(vpnctl(["connect", portal.host, "--profile", "employees"], logged_in))
-    [child] = openvpn_children(vpnd)
-    pid = int(child.split()[0])
+    pid = vpnd.openvpn_pid()
     os.kill(pid, signal.SIGSTOP)  # it can no longer answer on its management socket
     try:
         assert vpnd.stop() == 0  # raises if vpnd is still there after 20 s
@@ -274,8 +266,7 @@ def test_a_crashed_daemon_leaves_no_tunnel_and_restarts_with_its_servers(
     tuns_before = tun_devices()
     ok(vpnctl(["connect", portal.host, "--profile", "employees"], logged_in))
     ours = tun_devices() - tuns_before
-    [child] = openvpn_children(vpnd)
-    pid = int(child.split()[0])
+    pid = vpnd.openvpn_pid()
     listed = ok(vpnctl(["list", "--json"], logged_in))
     vpnd.kill()  # SIGKILL: no shutdown code runs
     # openvpn notices its management connection is gone and exits by itself.
@@ -349,7 +340,7 @@ def test_waking_from_sleep_makes_the_tunnel_again_at_once(
             ok(vpnctl(["add", portal.base_url], env))
             ok(vpnctl(["login", portal.host], env))
             ok(vpnctl(["connect", portal.host, "--profile", "employees"], env))
-            [before] = openvpn_children(daemon)
+            [before] = daemon.openvpn_children()
             with (
                 open_dbus_connection(bus=bus.address) as someone,
                 open_dbus_connection(bus=bus.address) as logind,
@@ -360,11 +351,11 @@ def test_waking_from_sleep_makes_the_tunnel_again_at_once(
                 wake_up(someone, to="org.vpnd.Daemon")
                 logind.send_and_get_reply(message_bus.RequestName("org.freedesktop.login1"))
                 time.sleep(1)
-                assert openvpn_children(daemon) == [before]
+                assert daemon.openvpn_children() == [before]
                 assert "does not come from logind" in daemon.log()
                 wake_up(logind)
                 deadline = time.monotonic() + 30
-                while not ((now := openvpn_children(daemon)) and now != [before]):
+                while not ((now := daemon.openvpn_children()) and now != [before]):
                     assert time.monotonic() < deadline, daemon.log()[-3000:]
                     time.sleep(0.1)
             deadline = time.monotonic() + 30

@@ -159,6 +159,22 @@ class VpndProcess:
         assert self.process is not None
         return self.process.pid
 
+    def openvpn_children(self) -> list[int]:
+        """The process ids of the daemon's openvpn children."""
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.pid), "-x", "openvpn"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return [int(pid) for pid in out.stdout.split()]
+
+    def openvpn_pid(self) -> int:
+        """The process id of the daemon's one openvpn child."""
+        pids = self.openvpn_children()
+        assert len(pids) == 1, f"openvpn children of vpnd: {pids}"
+        return pids[0]
+
     def log(self) -> str:
         """Everything the daemon logged so far."""
         try:
