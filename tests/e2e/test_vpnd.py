@@ -188,7 +188,9 @@ def test_a_session_that_ends_disconnects_with_that_reason(
     assert status(logged_in)["session_expiry"] - time.time() < 5
     deadline = time.monotonic() + 20
     while (now := status(logged_in))["state"] != "disconnected":
-        assert now["state"] == "connected", now
+        # Connected until the session ends, then briefly disconnecting while
+        # openvpn is stopped; never reconnecting or failed.
+        assert now["state"] in ("connected", "disconnecting"), now
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert now["error"] == "org.vpnd.Error.SessionExpired"
