@@ -131,6 +131,16 @@ def _plain(kind: Any, value: Any) -> Any:
     return value
 
 
+class PendingCall:
+    """A call to vpnd that was sent, its reply not yet taken: see `DaemonBus.start`."""
+
+    __slots__ = ("serial", "timeout")
+
+    def __init__(self, serial: int, timeout: float) -> None:
+        self.serial = serial
+        self.timeout = timeout
+
+
 class DaemonBus:
     """A blocking connection to vpnd on the system bus."""
 
@@ -144,6 +154,11 @@ class DaemonBus:
         self._daemon: str | None = None
         self._watching_owner = False
         self._daemon_gone = False
+        # Replies to calls started and not yet taken, by serial: awaited, or arrived.
+        self._awaited: set[int] = set()
+        self._replies: dict[int, Message] = {}
+        # The bus daemon's replies that subscribe() did not wait for: what each answered.
+        self._unchecked: dict[int, str] = {}
 
     @classmethod
     def open(cls, *, interactive: bool = False) -> DaemonBus:
@@ -192,6 +207,28 @@ class DaemonBus:
         `auto_start`, a vpnd that is not running is not started by D-Bus
         activation: the call fails at once instead.
         """
+        return self.result(
+            self.start(
+                path, interface, method, signature, *args, timeout=timeout, auto_start=auto_start
+            )
+        )
+
+    def start(
+        self,
+        path: str,
+        interface: str,
+        method: str,
+        signature: str = "",
+        *args: Any,
+        timeout: float = CALL_TIMEOUT,
+        auto_start: bool = True,
+    ) -> PendingCall:
+        """Send a call as `call` does, without waiting: its reply is kept when it
+        comes, while other replies or signals are awaited, until `result` takes it.
+
+        vpnd gets calls in the order they were sent, so one can be sent ahead
+        while another is still on its way.
+        """
         address = DBusAddress(path, bus_name=BUS_NAME, interface=interface)
         message = new_method_call(address, method, signature or None, args)
         if not auto_start:
@@ -199,7 +236,19 @@ class DaemonBus:
         if self.interactive:
             message.header.flags |= MessageFlag.allow_interactive_authorization
             timeout = max(timeout, INTERACTIVE_CALL_TIMEOUT)
-        reply = self._send_and_wait(message, timeout)
+        serial = self._send(message)
+        self._awaited.add(serial)
+        return PendingCall(serial, timeout)
+
+    def result(self, pending: PendingCall) -> tuple[Any, ...]:
+        """The values of a started call's reply, waiting for it up to the call's timeout.
+
+        Raises what `call` raises.
+        """
+        try:
+            reply = self._wait_for_reply(pending.serial, pending.timeout)
+        finally:
+            self._awaited.discard(pending.serial)
         self._daemon = reply.header.fields.get(HeaderFields.sender, self._daemon)
         return _plain_body(reply)
 
@@ -221,9 +270,15 @@ class DaemonBus:
         interface: str | None = None,
         member: str | None = None,
     ) -> Subscription:
-        """Start queueing vpnd's signals that match; do it before the call that causes them."""
+        """Start queueing vpnd's signals that match; do it before the call that causes them.
+
+        The requests to the bus daemon are sent without waiting for their
+        answers: it handles them before any call sent after them, and its
+        answers come before the signals they let through. They are checked
+        as they come, while the next reply or signal is awaited.
+        """
         if self._daemon is None:
-            (self._daemon,) = self._call_bus("GetNameOwner", "s", BUS_NAME)
+            self._send_unchecked("GetNameOwner", "s", BUS_NAME)
         if not self._watching_owner:
             owner_rule = MatchRule(
                 type="signal",
@@ -232,12 +287,12 @@ class DaemonBus:
                 member="NameOwnerChanged",
             )
             owner_rule.add_arg_condition(0, BUS_NAME)
-            self._call_bus("AddMatch", "s", owner_rule.serialise())
+            self._send_unchecked("AddMatch", "s", owner_rule.serialise())
             self._watching_owner = True
         subscription = Subscription(
             path=path, path_namespace=path_namespace, interface=interface, member=member
         )
-        self._call_bus("AddMatch", "s", subscription.rule())
+        self._send_unchecked("AddMatch", "s", subscription.rule())
         self._subscriptions.append(subscription)
         return subscription
 
@@ -259,31 +314,39 @@ class DaemonBus:
             self._dispatch(self._receive(remaining))
         return subscription.queue.popleft()
 
-    def _call_bus(self, method: str, signature: str, *args: Any) -> tuple[Any, ...]:
+    def _send_unchecked(self, method: str, signature: str, *args: Any) -> None:
+        """Send a request to the bus daemon; its answer is checked when it comes."""
         message = new_method_call(message_bus, method, signature, args)
-        return tuple(self._send_and_wait(message, CALL_TIMEOUT).body)
+        self._unchecked[self._send(message)] = method
 
-    def _send_and_wait(self, message: Message, timeout: float) -> Message:
-        serial = next(self._connection.outgoing_serial)
+    def _send(self, message: Message) -> int:
+        serial: int = next(self._connection.outgoing_serial)
         try:
             self._connection.send(message, serial=serial)
         except OSError as error:
             raise BusUnreachable(UNREACHABLE_MESSAGE) from error
+        return serial
+
+    def _wait_for_reply(self, serial: int, timeout: float) -> Message:
+        """The reply to the call sent with `serial`; signals and other replies
+        that come first are dispatched. Raises BusError for an error reply."""
+        incoming = self._replies.pop(serial, None)
         deadline = time.monotonic() + timeout
-        while True:
+        while incoming is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise BusUnreachable(NO_ANSWER_MESSAGE)
             try:
-                incoming = self._receive(remaining)
+                message = self._receive(remaining)
             except TimeoutError:
                 raise BusUnreachable(NO_ANSWER_MESSAGE) from None
-            if incoming.header.fields.get(HeaderFields.reply_serial) != serial:
-                self._dispatch(incoming)
-                continue
-            if incoming.header.message_type is MessageType.error:
-                raise _bus_error(incoming)
-            return incoming
+            if message.header.fields.get(HeaderFields.reply_serial) == serial:
+                incoming = message
+            else:
+                self._dispatch(message)
+        if incoming.header.message_type is MessageType.error:
+            raise _bus_error(incoming)
+        return incoming
 
     def _receive(self, timeout: float) -> Message:
         try:
@@ -294,11 +357,24 @@ class DaemonBus:
             raise BusUnreachable("lost the connection to the system bus") from error
 
     def _dispatch(self, message: Message) -> None:
-        """Queue a signal for the subscriptions it matches; drop anything else."""
+        """Queue a signal for the subscriptions it matches, keep a reply to a
+        started call, check an answer of the bus daemon; drop anything else.
+
+        Raises BusError when the bus daemon refused what subscribe() asked.
+        """
         header = message.header
-        if header.message_type is not MessageType.signal:
-            return
         fields = header.fields
+        if header.message_type is not MessageType.signal:
+            serial = fields.get(HeaderFields.reply_serial)
+            if serial in self._awaited:
+                self._replies[serial] = message
+                return
+            asked = self._unchecked.pop(serial, None)
+            if asked is not None and header.message_type is MessageType.error:
+                raise _bus_error(message)
+            if asked == "GetNameOwner" and self._daemon is None:
+                self._daemon = str(message.body[0])
+            return
         sender = fields.get(HeaderFields.sender)
         interface = fields.get(HeaderFields.interface, "")
         member = fields.get(HeaderFields.member, "")

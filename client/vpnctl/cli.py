@@ -47,7 +47,7 @@ from vpnctl.errors import (
 )
 
 if TYPE_CHECKING:
-    from vpnctl.bus import DaemonBus, Subscription
+    from vpnctl.bus import DaemonBus, PendingCall, Subscription
 
 Handler = Callable[["DaemonBus", argparse.Namespace, IO[str]], int]
 
@@ -777,6 +777,8 @@ def _cmd_connect(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
     if args.no_wait:
         _write(out, f"Connecting with profile {profile}; follow it with `vpnctl status`")
         return EXIT_OK
+    # Asked now and answered while the tunnel comes up: whether to show a message of the day.
+    kind = bus.start(server, PROPERTIES_INTERFACE, "Get", "ss", SERVER_INTERFACE, "Kind")
     if out.isatty():
         _write(out, f"Connecting with profile {profile}…")
     progress = _progress_printer(out)
@@ -817,7 +819,7 @@ def _cmd_connect(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
         f"Connected to {where} (profile {record['profile'] or profile})"
         + (f", tunnel IP {addresses}" if addresses else ""),
     )
-    _show_motd(bus, server, out)
+    _show_motd(bus, server, kind, out)
     return EXIT_OK
 
 
@@ -890,10 +892,11 @@ def _cmd_answer(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int:
     return EXIT_OK
 
 
-def _show_motd(bus: DaemonBus, server: str, out: IO[str]) -> None:
-    """The server's message of the day, once the tunnel is up (it must not delay it)."""
+def _show_motd(bus: DaemonBus, server: str, kind: PendingCall, out: IO[str]) -> None:
+    """The server's message of the day, once the tunnel is up (it must not delay it);
+    `kind` is the Get of the server's Kind."""
     # API v3 has no messages: no need to ask.
-    if bus.get(server, SERVER_INTERFACE, "Kind") == "eduvpn-v3":
+    if bus.result(kind) == ("eduvpn-v3",):
         return
     try:
         messages = _get_messages(bus, server)

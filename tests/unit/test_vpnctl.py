@@ -798,6 +798,48 @@ def test_subscribe_asks_the_bus_for_the_daemon_when_it_has_not_answered_yet(
     assert bus.next_signal(subscription, time.monotonic() + 5).body == (True, "", "")
 
 
+def test_started_calls_are_answered_in_any_order_with_signals_kept(
+    daemon: FakeDaemon,
+) -> None:
+    bus = vbus.DaemonBus(FakeConnection(daemon))
+    daemon.handlers["Ping"] = lambda path: ("", ())
+    bus.call(contract.MANAGER_PATH, contract.MANAGER_INTERFACE, "Ping")
+    subscription = bus.subscribe(path=SERVER)
+    daemon.emit(SERVER, contract.SERVER_INTERFACE, "AuthorizationFinished", "bss", (True, "", ""))
+    host = bus.start(
+        SERVER, contract.PROPERTIES_INTERFACE, "Get", "ss", contract.SERVER_INTERFACE, "Host"
+    )
+    missing = bus.start(
+        "/nowhere", contract.PROPERTIES_INTERFACE, "GetAll", "s", contract.SERVER_INTERFACE
+    )
+    found = bus.start(contract.MANAGER_PATH, contract.MANAGER_INTERFACE, "FindServer", "s", "vpn")
+    assert bus.result(found) == (SERVER,)
+    with pytest.raises(errors.BusError, match="no /nowhere"):
+        bus.result(missing)
+    assert bus.result(host) == ("vpn.example.org",)
+    assert bus.next_signal(subscription, time.monotonic() + 5).member == "AuthorizationFinished"
+    with pytest.raises(TimeoutError):
+        bus.next_signal(subscription, time.monotonic() + 5)
+
+
+def test_a_subscription_the_bus_refuses_fails_the_next_wait(daemon: FakeDaemon) -> None:
+    bus = vbus.DaemonBus(FakeConnection(daemon))
+    answer = daemon.answer
+
+    def refuse_matches(call: Message) -> None:
+        if call.header.fields[HeaderFields.member] != "AddMatch":
+            answer(call)
+            return
+        refusal = new_error(call, "org.freedesktop.DBus.Error.LimitsExceeded", "s", ("full",))
+        daemon.deliver(refusal, BUS_DAEMON)
+
+    daemon.answer = refuse_matches  # type: ignore[method-assign]
+    bus.subscribe(path=SERVER)
+    with pytest.raises(errors.BusError) as raised:
+        bus.get(SERVER, contract.SERVER_INTERFACE, "Host")
+    assert raised.value.name == "org.freedesktop.DBus.Error.LimitsExceeded"
+
+
 def test_the_daemon_leaving_the_bus_ends_a_wait(daemon: FakeDaemon) -> None:
     daemon.handlers["Ping"] = lambda path: ("", ())
     bus = vbus.DaemonBus(FakeConnection(daemon))
