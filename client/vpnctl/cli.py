@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
 
 from vpnctl import helptext, render
 from vpnctl.contract import (
@@ -124,6 +124,28 @@ class _Parser(argparse.ArgumentParser):
         """Print one line on stderr and exit with the usage status."""
         self.exit(EXIT_USAGE, f"vpnctl: {message} (see `{self.prog} --help`)\n")
 
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        # argparse makes a formatter for every argument added, to check it, and
+        # its default width comes from shutil, whose import (with the compression
+        # modules it loads) is a good part of a command's start: the same width.
+        formatter_class: Any = self.formatter_class
+        return cast(argparse.HelpFormatter, formatter_class(prog=self.prog, width=_help_width()))
+
+
+def _help_width() -> int:
+    """What argparse takes by default: the terminal's columns (as
+    `shutil.get_terminal_size` finds them: $COLUMNS, then stdout's terminal, else 80) less 2."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0 and sys.__stdout__ is not None:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return (columns or 80) - 2
+
 
 class _VersionAction(argparse.Action):
     """--version, reading the installed version only when asked."""
@@ -158,8 +180,12 @@ def _timeout(value: str) -> float:
     return seconds
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser for vpnctl's command line; each command sets `handler`."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for vpnctl's command line; each command sets `handler`.
+
+    With `command`, the parser knows that command alone: it parses that
+    command's words the same, and is set up in a fraction of the time.
+    """
     parser = _Parser(
         prog="vpnctl",
         description="Control vpnd, the VPN daemon, on the system bus.",
@@ -169,10 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("--system", action="store_true", help=SYSTEM_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def command(
-        name: str, handler: Handler, help: str, *, system: bool = False
-    ) -> argparse.ArgumentParser:
+    for name, handler, help, system, arguments in _COMMANDS:
+        if command is not None and name != command:
+            continue
         sub = commands.add_parser(
             name,
             help=help,
@@ -186,16 +211,23 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--system", action="store_true", default=argparse.SUPPRESS, help=SYSTEM_HELP
             )
-        return sub
+        arguments(sub)
+    return parser
 
-    server_help = "the server's URL, or an unambiguous part of it such as its host name"
 
-    sub = command(
-        "add",
-        _cmd_add,
-        "add an eduVPN / Let's Connect! server, or an OpenVPN Access Server",
-        system=True,
-    )
+def chosen_command(words: Sequence[str]) -> str | None:
+    """The command the words name when only --system comes before it; None when
+    anything else does (--help, --version, an unknown word), or no command is named."""
+    for word in words:
+        if word != "--system":
+            return word if word in COMMAND_NAMES else None
+    return None
+
+
+SERVER_HELP = "the server's URL, or an unambiguous part of it such as its host name"
+
+
+def _add_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("url", metavar="URL", nargs="?", help="the server's https URL")
     sub.add_argument(
         "--org",
@@ -210,40 +242,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _sign_in_arguments(sub)
 
-    sub = command("list", _cmd_list, "list your servers and their authorization", system=True)
+
+def _json_argument(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--json", action="store_true", help="print JSON")
 
-    sub = command(
-        "login", _cmd_login, "authorize vpnd to use a server, in your browser", system=True
-    )
-    sub.add_argument("server", metavar="SERVER", help=server_help)
+
+def _login_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("server", metavar="SERVER", help=SERVER_HELP)
     _browser_login_arguments(sub)
     _sign_in_arguments(sub)
 
-    sub = command(
-        "renew",
-        _cmd_renew,
-        "start a new VPN session before this one ends: log in again and reconnect",
-        system=True,
-    )
-    sub.add_argument("server", metavar="SERVER", help=server_help)
+
+def _renew_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("server", metavar="SERVER", help=SERVER_HELP)
     _browser_login_arguments(sub)
 
-    sub = command("profiles", _cmd_profiles, "list the VPN profiles a server offers", system=True)
-    sub.add_argument("server", metavar="SERVER", help=server_help)
+
+def _profiles_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("server", metavar="SERVER", help=SERVER_HELP)
     sub.add_argument("--json", action="store_true", help="print JSON")
 
-    sub = command(
-        "messages",
-        _cmd_messages,
-        "show the notices of a server, or of all your servers",
-        system=True,
-    )
-    sub.add_argument("server", metavar="SERVER", nargs="?", help=server_help)
+
+def _messages_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("server", metavar="SERVER", nargs="?", help=SERVER_HELP)
     sub.add_argument("--json", action="store_true", help="print JSON")
 
-    sub = command("connect", _cmd_connect, "connect to a server", system=True)
-    sub.add_argument("server", metavar="SERVER", help=server_help)
+
+def _connect_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("server", metavar="SERVER", help=SERVER_HELP)
     sub.add_argument(
         "--profile", metavar="ID", help="the profile to use (needed if the server has several)"
     )
@@ -264,18 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how long to wait for the tunnel (default {CONNECT_TIMEOUT:g})",
     )
 
-    sub = command(
-        "answer",
-        _cmd_answer,
-        "answer what the current connection asks (a password, a code, a login in the browser)",
-    )
+
+def _answer_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--no-browser",
         action="store_true",
         help="for a login in the browser, only print the address to open",
     )
 
-    sub = command("status", _cmd_status, "show the current connection")
+
+def _status_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.add_argument(
         "--watch",
@@ -283,19 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep following it, a line (with --json a record) per change, until Ctrl-C",
     )
 
-    sub = command(
-        "monitor",
-        _cmd_monitor,
-        "follow the VPN and say what needs you: a session ending, the tunnel lost or back,"
-        " a question",
-    )
+
+def _monitor_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--notify",
         action="store_true",
         help="also as desktop notifications, with actions (renew, answer, log in)",
     )
 
-    sub = command("disconnect", _cmd_disconnect, "disconnect the current connection")
+
+def _disconnect_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--no-wait", action="store_true", help="return without waiting for the tunnel to close"
     )
@@ -307,12 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how long to wait for the tunnel to close (default {DISCONNECT_TIMEOUT:g})",
     )
 
-    sub = command(
-        "location",
-        _cmd_location,
-        "list the secure-internet locations, or connect at another one without a new login",
-        system=True,
-    )
+
+def _location_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "where",
         metavar="COUNTRY",
@@ -322,26 +339,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--server", metavar="SERVER", help="the secure-internet server (if several)")
     sub.add_argument("--json", action="store_true", help="print JSON")
 
-    sub = command("remove", _cmd_remove, "forget a server with its authorization", system=True)
-    sub.add_argument("server", metavar="SERVER", help=server_help)
 
-    sub = command(
-        "autoconnect",
-        _cmd_autoconnect,
-        "connect a system-wide server whenever vpnd starts, before anyone logs in"
-        " (use with --system)",
-        system=True,
-    )
-    sub.add_argument("server", metavar="SERVER", help=server_help)
+def _server_argument(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("server", metavar="SERVER", help=SERVER_HELP)
+
+
+def _autoconnect_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("server", metavar="SERVER", help=SERVER_HELP)
     choice = sub.add_mutually_exclusive_group(required=True)
     choice.add_argument("--profile", metavar="ID", help="the profile to connect with")
     choice.add_argument("--off", action="store_true", help="no longer connect it at start")
 
-    sub = command(
-        "discover",
-        _cmd_discover,
-        "find a server or organization in the signed eduVPN lists, by name or keyword",
-    )
+
+def _discover_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "query",
         metavar="QUERY",
@@ -364,7 +374,6 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"at most N results (default {DISCOVER_LIMIT} with QUERY, all without)",
     )
     sub.add_argument("--json", action="store_true", help="print JSON")
-    return parser
 
 
 # --- commands -------------------------------------------------------------
@@ -954,6 +963,106 @@ def _cmd_discover(bus: DaemonBus, args: argparse.Namespace, out: IO[str]) -> int
     return EXIT_OK
 
 
+# --- the commands' table ---------------------------------------------------
+
+ArgumentsAdder = Callable[[argparse.ArgumentParser], None]
+
+# Every command in the order --help lists them: its name, handler, what it
+# does, whether it also takes --system after its name, and its own arguments.
+_COMMANDS: tuple[tuple[str, Handler, str, bool, ArgumentsAdder], ...] = (
+    (
+        "add",
+        _cmd_add,
+        "add an eduVPN / Let's Connect! server, or an OpenVPN Access Server",
+        True,
+        _add_arguments,
+    ),
+    ("list", _cmd_list, "list your servers and their authorization", True, _json_argument),
+    (
+        "login",
+        _cmd_login,
+        "authorize vpnd to use a server, in your browser",
+        True,
+        _login_arguments,
+    ),
+    (
+        "renew",
+        _cmd_renew,
+        "start a new VPN session before this one ends: log in again and reconnect",
+        True,
+        _renew_arguments,
+    ),
+    (
+        "profiles",
+        _cmd_profiles,
+        "list the VPN profiles a server offers",
+        True,
+        _profiles_arguments,
+    ),
+    (
+        "messages",
+        _cmd_messages,
+        "show the notices of a server, or of all your servers",
+        True,
+        _messages_arguments,
+    ),
+    ("connect", _cmd_connect, "connect to a server", True, _connect_arguments),
+    (
+        "answer",
+        _cmd_answer,
+        "answer what the current connection asks (a password, a code, a login in the browser)",
+        False,
+        _answer_arguments,
+    ),
+    ("status", _cmd_status, "show the current connection", False, _status_arguments),
+    (
+        "monitor",
+        _cmd_monitor,
+        "follow the VPN and say what needs you: a session ending, the tunnel lost or back,"
+        " a question",
+        False,
+        _monitor_arguments,
+    ),
+    (
+        "disconnect",
+        _cmd_disconnect,
+        "disconnect the current connection",
+        False,
+        _disconnect_arguments,
+    ),
+    (
+        "location",
+        _cmd_location,
+        "list the secure-internet locations, or connect at another one without a new login",
+        True,
+        _location_arguments,
+    ),
+    (
+        "remove",
+        _cmd_remove,
+        "forget a server with its authorization",
+        True,
+        _server_argument,
+    ),
+    (
+        "autoconnect",
+        _cmd_autoconnect,
+        "connect a system-wide server whenever vpnd starts, before anyone logs in"
+        " (use with --system)",
+        True,
+        _autoconnect_arguments,
+    ),
+    (
+        "discover",
+        _cmd_discover,
+        "find a server or organization in the signed eduVPN lists, by name or keyword",
+        False,
+        _discover_arguments,
+    ),
+)
+COMMAND_NAMES = frozenset(name for name, *_rest in _COMMANDS)
+
+
 # --- entry point ----------------------------------------------------------
 
 
@@ -978,7 +1087,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vpnctl.complete import complete
 
         return complete(words[1:], sys.stdout)
-    args = build_parser().parse_args(argv)
+    # The parser is set up for the command given alone, when that is clear.
+    args = build_parser(chosen_command(words)).parse_args(words)
     try:
         from vpnctl.bus import DaemonBus
 

@@ -3,8 +3,11 @@ and the commands against a scripted daemon that speaks real D-Bus messages."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
+import shlex
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable
@@ -18,7 +21,7 @@ from jeepney import DBusAddress, HeaderFields, Message, Parser
 from jeepney.wrappers import new_error, new_method_return, new_signal
 
 from vpnctl import bus as vbus
-from vpnctl import cli, contract, errors, render
+from vpnctl import cli, contract, errors, helptext, render
 
 DAEMON = ":1.7"
 BUS_DAEMON = "org.freedesktop.DBus"
@@ -253,6 +256,76 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     for command in ("add", "list", "login", "profiles", "connect", "status", "disconnect"):
         assert command in help_text
     assert "4    vpnd cannot be reached" in help_text
+
+
+def parsed(parser: Any, argv: list[str]) -> dict[str, Any]:
+    return vars(parser.parse_args(argv))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        shlex.split(line.split(" | ")[0])[1:]
+        for examples in helptext.EXAMPLES.values()
+        for _what, line in examples
+    ]
+    + [["--system", "list"], ["status", "--json"], ["connect", "vpn", "--system", "--tcp"]],
+)
+def test_the_parser_of_one_command_parses_it_as_the_full_one(argv: list[str]) -> None:
+    command = cli.chosen_command(argv)
+    assert command is not None
+    assert parsed(cli.build_parser(command), argv) == parsed(cli.build_parser(), argv)
+
+
+def test_the_parser_of_one_command_helps_and_refuses_as_the_full_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    full = cli.build_parser()
+    (commands,) = [a for a in full._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) == cli.COMMAND_NAMES
+    for name, sub in commands.choices.items():
+        (alone,) = [
+            a for a in cli.build_parser(name)._actions if isinstance(a, argparse._SubParsersAction)
+        ]
+        assert list(alone.choices) == [name]
+        assert alone.choices[name].format_help() == sub.format_help()
+        for argv in ([name, "--bogus"], [name, "--timeout"]):
+            outcomes = []
+            for parser in (cli.build_parser(name), cli.build_parser()):
+                with pytest.raises(SystemExit) as exit_info:
+                    parser.parse_args(argv)
+                outcomes.append((exit_info.value.code, capsys.readouterr()))
+            assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["status"], "status"),
+        (["--system", "list", "--json"], "list"),
+        (["connect", "status"], "connect"),
+        ([], None),
+        (["--system"], None),
+        (["--help", "status"], None),
+        (["--version"], None),
+        (["--sys", "list"], None),
+        (["conect", "x"], None),
+        (["--", "status"], None),
+    ],
+)
+def test_chosen_command(argv: list[str], command: str | None) -> None:
+    assert cli.chosen_command(argv) == command
+
+
+@pytest.mark.parametrize("columns", [None, "55", "0", "wide"])
+def test_help_is_as_wide_as_argparse_makes_it(
+    columns: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert cli.build_parser()._get_formatter()._width == shutil.get_terminal_size().columns - 2
 
 
 def test_main_without_a_bus_says_so_in_one_line(
