@@ -1,7 +1,5 @@
 """`python -m vpnctl`: the same as the vpnctl command."""
 
-import sys
+from vpnctl.program import run
 
-from vpnctl.cli import main
-
-sys.exit(main())
+run()

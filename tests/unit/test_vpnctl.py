@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shlex
 import shutil
+import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -1373,3 +1376,60 @@ def test_connect_shows_the_message_of_the_day(daemon: FakeDaemon) -> None:
     assert code == 0
     assert out.splitlines()[-1] == "Be nice to the network"
     assert "x" not in out.splitlines()
+
+
+# --- the program around main() ----------------------------------------------
+
+
+def run_program(
+    prelude: str, *argv: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m vpnctl ARGV` in a child, after `prelude` (Python) ran in it; its
+    output buffered as a person's would be."""
+    code = f"import sys\n{prelude}\nsys.argv[1:] = {list(argv)!r}\nimport vpnctl.__main__\n"
+    environ = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_program_writes_all_its_output_and_exits_with_mains_status() -> None:
+    fake_main = (
+        "import vpnctl.cli\n"
+        "def main():\n"
+        "    sys.stdout.write('x' * 1000)\n"
+        "    sys.stderr.write('vpnctl: half\\n')\n"
+        "    return 3\n"
+        "vpnctl.cli.main = main"
+    )
+    result = run_program(fake_main)
+    assert (result.returncode, len(result.stdout), result.stderr) == (3, 1000, "vpnctl: half\n")
+
+
+AT_EXIT = "import atexit\natexit.register(print, 'at exit')"
+THREAD = (
+    "import threading, time\n"
+    "threading.Thread(target=lambda: (time.sleep(0.2), print('at exit'))).start()"
+)
+
+
+@pytest.mark.parametrize("waiting", [AT_EXIT, THREAD])
+def test_the_program_ends_the_usual_way_when_something_waits_for_the_end(waiting: str) -> None:
+    fake_main = f"import vpnctl.cli\n{waiting}\nvpnctl.cli.main = lambda: 5"
+    result = run_program(fake_main)
+    assert (result.returncode, result.stdout) == (5, "at exit\n")
+
+
+def test_the_program_without_a_bus(tmp_path: Any) -> None:
+    address = f"unix:path={tmp_path}/no-such-socket"
+    result = run_program("", "status", env={"DBUS_SYSTEM_BUS_ADDRESS": address})
+    assert (result.returncode, result.stdout, result.stderr) == (
+        errors.EXIT_UNREACHABLE,
+        "",
+        "vpnctl: " + errors.UNREACHABLE_MESSAGE + "\n",
+    )
