@@ -102,9 +102,6 @@ _BACKEND_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*", re.ASC
 
 def _discovery(key: str, value: Any, source: str) -> Any:
     """The discovery settings: URLs ("" or https, kept with a trailing slash) and keys."""
-    from vpnd.protocols.discovery import parse_legacy_key, parse_public_key
-    from vpnd.protocols.documents import normalize_base_url
-
     if key in ("discovery_url", "instance_discovery_url"):
         if not isinstance(value, str):
             raise InvalidArgument(f'{source}: {key} must be an https URL, or "" to turn it off')
@@ -112,6 +109,9 @@ def _discovery(key: str, value: Any, source: str) -> Any:
             return value
         if not value.startswith("https://"):
             raise InvalidArgument(f"{source}: {key} must start with https://")
+        # Loaded only for a URL that is set: "" is the common setting of a test machine.
+        from vpnd.protocols.documents import normalize_base_url
+
         try:
             return normalize_base_url(value)
         except InvalidArgument as exc:
@@ -126,6 +126,8 @@ def _discovery(key: str, value: Any, source: str) -> Any:
                 f"{source}: discovery_keys must be a list of 1 to {MAX_DISCOVERY_KEYS}"
                 " minisign public keys"
             )
+        from vpnd.protocols.discovery import parse_public_key
+
         try:
             for item in value:
                 parse_public_key(item)
@@ -134,6 +136,8 @@ def _discovery(key: str, value: Any, source: str) -> Any:
         return tuple(item.strip() for item in value)
     if not isinstance(value, str):
         raise InvalidArgument(f"{source}: {key} must be a base64 Ed25519 public key")
+    from vpnd.protocols.discovery import parse_legacy_key
+
     try:
         parse_legacy_key(value)
     except InvalidArgument as exc:

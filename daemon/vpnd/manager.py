@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from vpnd.config import Settings
 from vpnd.errors import (
@@ -34,11 +34,8 @@ from vpnd.errors import (
     TwoFactorRequired,
     VpndError,
 )
-from vpnd.protocols import eduvpn, lang, ovpnconfig
+from vpnd.protocols import lang
 from vpnd.protocols.connstate import ConnectionMachine, Event, State
-from vpnd.protocols.credentials import Question
-from vpnd.protocols.dns import DnsSettings, PushedDnsRejected
-from vpnd.protocols.eduvpn import Endpoints
 from vpnd.providers import Families
 from vpnd.providers.base import Connectable, Family, PendingAuthorization, Provider, Session
 from vpnd.steps import Steps
@@ -52,6 +49,13 @@ from vpnd.tunnel.events import (
     TunnelExited,
     Up,
 )
+
+if TYPE_CHECKING:
+    # Server documents, tunnel configs, DNS and prompts are loaded with their
+    # first use, not at start.
+    from vpnd.protocols.credentials import Question
+    from vpnd.protocols.dns import DnsSettings
+    from vpnd.protocols.eduvpn import Endpoints
 
 log = logging.getLogger("vpnd.manager")
 
@@ -315,6 +319,8 @@ class Manager:
         query = query.strip()
         if not query or len(query) > 2048:
             raise InvalidArgument("name a server by its URL or host name")
+        from vpnd.protocols import eduvpn
+
         servers = self.servers_of(owner)
         try:
             url = eduvpn.normalize_base_url(query)
@@ -340,6 +346,8 @@ class Manager:
         """Add a server after finding out which API it speaks (or checking `kind`'s).
 
         `org_id` names the organization a secure-internet home server is added for."""
+        from vpnd.protocols import eduvpn
+
         base_url = eduvpn.normalize_base_url(url)
         self._check_can_add(owner, base_url)
         if kind is None:
@@ -596,6 +604,8 @@ class Manager:
             raise InvalidArgument(
                 f"{server.host} is not a secure-internet server; it has no other locations"
             )
+        from vpnd.protocols import eduvpn
+
         location = eduvpn.normalize_base_url(location) if location else ""
         if location == server.url:
             location = ""
@@ -799,6 +809,8 @@ class Manager:
         connection.tunnel = tunnel
         if connection.state is State.PREPARING:
             self._move(connection, Event.CONFIG_READY)
+        from vpnd.protocols import ovpnconfig
+
         # openvpn gets the certificate but never the key: it asks vpnd to sign.
         # Providers hand the key apart; a key left in the text still stays here.
         await tunnel.start(
@@ -806,7 +818,7 @@ class Manager:
             private_key=connectable.private_key,
             user_pass=connectable.user_pass,
         )
-        connection.steps.step("openvpn started and released from its hold")
+        connection.steps.step("openvpn started and answered the handshake")
         await self._until_settled(connection, None if connection.prefer_tcp else self._udp_grace)
 
     def woke(self) -> None:
@@ -1144,6 +1156,8 @@ class Manager:
         """Put the tunnel's DNS on its link (in the background: the tunnel is up already)."""
         if self._dns is None or not event.link:
             return
+        from vpnd.protocols.dns import DnsSettings, PushedDnsRejected
+
         full, search = connection.server.profile_dns.get(connection.profile_id, (False, ()))
         try:
             settings = DnsSettings.for_link(

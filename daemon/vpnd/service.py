@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from dbus_fast.aio import MessageBus
 
     from vpnd.bus.objects import BusFrontend
+    from vpnd.tunnel.openvpn import Tunnel, TunnelSettings
     from vpnd.tunnel.process import Launcher
 
 log = logging.getLogger("vpnd")
@@ -262,7 +263,6 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     from vpnd.discovery import MAX_DOWNLOAD, Discovery
     from vpnd.http import HttpClient
     from vpnd.manager import Manager
-    from vpnd.netwatch import NetworkWatch
     from vpnd.providers import default_families
     from vpnd.status import StatusLine
     from vpnd.store.secret_store import open_secret_store
@@ -270,7 +270,6 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     from vpnd.tunnel.dns import DnsKeeper
     from vpnd.tunnel.events import TunnelEvent
     from vpnd.tunnel.leftovers import remove_leftovers
-    from vpnd.tunnel.openvpn import Tunnel, TunnelSettings
 
     steps.step("imported the daemon")
     notify = _notifier()
@@ -289,17 +288,23 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
         ca_file=settings.ca_file, timeout=settings.http_timeout, max_body=MAX_DOWNLOAD
     )
     discovery = Discovery(settings, discovery_http)
-    tunnel_settings = TunnelSettings(
-        runtime_dir=settings.runtime_dir,
-        openvpn=settings.openvpn,
-        launcher=_launcher(settings.openvpn_launcher),
-    )
+    launcher = _launcher(settings.openvpn_launcher)
     # Before anyone can connect: a tunnel a killed earlier run left is removed.
-    leftovers = await remove_leftovers(settings.runtime_dir, tunnel_settings.launcher)
+    leftovers = await remove_leftovers(settings.runtime_dir, launcher)
     if leftovers:
         steps.step("removed the tunnels an earlier run left")
+    tunnel_settings: TunnelSettings | None = None
 
     def new_tunnel(name: str, on_event: Callable[[TunnelEvent], None]) -> Tunnel:
+        # The OpenVPN tunnel and its management protocol are loaded at the
+        # first connect: a start does not need them.
+        from vpnd.tunnel.openvpn import Tunnel, TunnelSettings
+
+        nonlocal tunnel_settings
+        if tunnel_settings is None:
+            tunnel_settings = TunnelSettings(
+                runtime_dir=settings.runtime_dir, openvpn=settings.openvpn, launcher=launcher
+            )
         return Tunnel(name, tunnel_settings, on_event)
 
     try:
@@ -345,6 +350,9 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     )
     log.info("vpnd %s ready on the system bus as %s", __version__, BUS_NAME)
     discovery.start()
+    # Loaded after READY: it is not needed to answer on the bus.
+    from vpnd.netwatch import NetworkWatch
+
     # A changed way to the server makes the tunnel again at once.
     network = NetworkWatch(
         manager.network_changed,

@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from vpnd.errors import AuthorizationRequired, ServerError
-from vpnd.protocols.eduvpn import Endpoints, Profile
-from vpnd.protocols.eduvpn_v2 import Message
-from vpnd.protocols.ovpnconfig import SanitizedConfig
 from vpnd.store.store import ServerRecord
+
+if TYPE_CHECKING:
+    from vpnd.protocols.eduvpn import Endpoints, Profile
+    from vpnd.protocols.eduvpn_v2 import Message
+    from vpnd.protocols.ovpnconfig import SanitizedConfig
 
 T = TypeVar("T")
 

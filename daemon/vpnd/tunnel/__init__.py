@@ -1,8 +1,5 @@
 """Tunnels: the openvpn process, spawned and driven over its management connection.
 
-A tunnel reports the neutral events of `vpnd.tunnel.events`."""
-
-from vpnd.tunnel.events import TunnelEvent, TunnelExited
-from vpnd.tunnel.openvpn import Tunnel, TunnelSettings
-
-__all__ = ["Tunnel", "TunnelEvent", "TunnelExited", "TunnelSettings"]
+A tunnel reports the neutral events of `vpnd.tunnel.events`. The package
+imports nothing itself: the OpenVPN tunnel (`vpnd.tunnel.openvpn`) and its
+management protocol are loaded at the first connect, not at start."""

@@ -20,13 +20,15 @@ import shutil
 import socket
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from vpnd.protocols.dns import DnsSettings
 from vpnd.store.atomic import remove_durably, write_atomic
+
+if TYPE_CHECKING:
+    from vpnd.protocols.dns import DnsSettings
 
 log = logging.getLogger("vpnd.dns")
 

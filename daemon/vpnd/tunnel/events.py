@@ -11,10 +11,20 @@ tunnel; another tunnel kind reports the same events.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vpnd.errors import VpndError
-from vpnd.protocols.credentials import Question
-from vpnd.protocols.dns import PushedDns
+
+if TYPE_CHECKING:
+    # Loaded with the tunnel, at the first connect, not at start.
+    from vpnd.protocols.credentials import Question
+    from vpnd.protocols.dns import PushedDns
+
+
+def _no_dns() -> PushedDns:
+    from vpnd.protocols.dns import PushedDns
+
+    return PushedDns()
 
 
 @dataclass(frozen=True)
@@ -36,7 +46,7 @@ class Up:
     remote_ip: str = ""
     remote_port: str = ""
     link: str = ""  # the network interface ("tun0"), when known
-    dns: PushedDns = field(default_factory=PushedDns)
+    dns: PushedDns = field(default_factory=_no_dns)
 
 
 @dataclass(frozen=True)
