@@ -91,8 +91,8 @@ def test_a_tunnel_runs_in_a_unit_of_its_own(
     assert ping(openvpn_lab.tunnel_gateway_udp)
     [unit] = unit_daemon.openvpn_units()
     assert re.fullmatch(r"vpnd-openvpn-[A-Za-z0-9_.-]+\.service", unit)
-    # Bound to the daemon, so that it never outlives it.
-    assert UNIT in unit_daemon.show(unit, "BindsTo").split()
+    # Stopped with the daemon, so that it never outlives it.
+    assert UNIT in unit_daemon.show(unit, "StopPropagatedFrom").split()
 
     pid = unit_daemon.openvpn_pid()
     process = proc_status(pid)
@@ -296,3 +296,7 @@ def test_a_server_marked_for_start_connects_when_the_unit_starts(
     unit_daemon.world.systemctl("restart", UNIT)
     unit_daemon.wait_for(unit_daemon.active, timeout=15)
     assert status(env)["state"] == "disconnected"
+    # The restart stopped the old tunnel's unit; it did not start it again.
+    assert unit_daemon.openvpn_units() == []
+    assert unit_daemon.world.systemctl("list-jobs").stdout.startswith("No jobs")
+    assert "shutting down took too long" not in unit_daemon.log()

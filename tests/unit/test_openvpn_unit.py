@@ -119,10 +119,12 @@ def test_sandbox() -> None:
 
 
 def test_bound_to_the_daemon_only_when_it_is_a_unit() -> None:
-    assert props()["BindsTo"] == [["vpnd.service"]]
+    assert props()["StopPropagatedFrom"] == [["vpnd.service"]]
+    # A restart of the daemon would be passed on to a unit bound to it.
+    assert "BindsTo" not in props()
     assert props()["Before"] == [["vpnd.service"]]
     loose = unit.UnitRequest(**{**REQUEST.__dict__, "bound_to": None})
-    assert "BindsTo" not in props(loose)
+    assert "StopPropagatedFrom" not in props(loose)
     assert "Before" not in props(loose)
 
 

@@ -194,8 +194,11 @@ def properties(request: UnitRequest, stdin_fd: int, output_fd: int) -> list[tupl
     ]
     if request.bound_to is not None:
         # Stopped with the daemon; and stopped after it, so that a daemon on
-        # its way down still disconnects its tunnels itself.
-        props.append(("BindsTo", Variant("as", [request.bound_to])))
+        # its way down still disconnects its tunnels itself. Not BindsTo=:
+        # systemd passes a restart of the daemon on to units bound to it, so
+        # the old openvpn's unit was queued to start again and the daemon's
+        # shutdown waited for it in vain.
+        props.append(("StopPropagatedFrom", Variant("as", [request.bound_to])))
         props.append(("Before", Variant("as", [request.bound_to])))
     return props
 
