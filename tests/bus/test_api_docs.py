@@ -229,7 +229,9 @@ def test_the_applet_example_follows_servers_and_connections(
         ok(vpnctl(["login", portal.host], env))
         applet.wait_for(rf"^changed {path} .*AuthorizationPending=True")
         applet.wait_for(rf"^changed {path} .*Authorized=True")
-        vpnctl(["connect", portal.host, "--profile", "employees"], env)
+        # No openvpn server answers on the bus lab; the applet is followed while
+        # the daemon keeps trying, so vpnctl need not wait for the end.
+        vpnctl(["connect", portal.host, "--profile", "employees", "--timeout", "1"], env)
         applet.wait_for(rf"^added /org/vpnd/Daemon/connections/1 connection {portal.base_url} ")
         applet.wait_for(r"^changed /org/vpnd/Daemon ActiveConnection='/org/vpnd/Daemon/conn")
         applet.wait_for(r"^changed /org/vpnd/Daemon/connections/1 .*State='(connecting|failed)'")

@@ -203,12 +203,14 @@ def env(private_bus: PrivateSystemBus) -> dict[str, str]:
 
 @pytest.fixture
 def vpnd(tmp_path: Path, private_bus: PrivateSystemBus, lab_pki: LabPKI) -> Iterator[VpndProcess]:
-    """A fresh vpnd; HTTP may wait long, so a silent /connect holds a connection in preparing."""
+    """A fresh vpnd; HTTP may wait long, so a silent /connect holds a connection in
+    preparing, and a tunnel that cannot come up fails soon."""
     daemon = VpndProcess(
         tmp_path / "vpnd",
         private_bus.env({}),
         ca_file=lab_pki.ca_path,
-        settings={"http_timeout": 120},
+        # No openvpn server answers on the bus lab: a connect fails when this runs out.
+        settings={"http_timeout": 120, "connect_timeout": 3},
     )
     daemon.start()
     yield daemon
