@@ -290,7 +290,18 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     discovery = Discovery(settings, discovery_http)
     launcher = _launcher(settings.openvpn_launcher)
     # Before anyone can connect: a tunnel a killed earlier run left is removed.
-    leftovers = await remove_leftovers(settings.runtime_dir, launcher)
+    # That and the bus handshake are independent and each waits on a peer
+    # (systemd, for the units of an earlier run; the bus daemon), so at once.
+    found, connected = await asyncio.gather(
+        remove_leftovers(settings.runtime_dir, launcher),
+        transport.connect(),
+        return_exceptions=True,
+    )
+    if isinstance(found, BaseException):
+        if not isinstance(connected, BaseException):
+            connected.disconnect()
+        raise found
+    leftovers = found
     if leftovers:
         steps.step("removed the tunnels an earlier run left")
     tunnel_settings: TunnelSettings | None = None
@@ -307,14 +318,15 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
             )
         return Tunnel(name, tunnel_settings, on_event)
 
-    try:
-        bus: MessageBus | None = await transport.connect()
-    except transport.UnsupportedDbusFast as exc:
-        log.error("%s", exc)
+    if isinstance(connected, transport.UnsupportedDbusFast):
+        log.error("%s", connected)
         return 1
-    except (OSError, ValueError) as exc:
-        log.error("cannot connect to the system bus: %s", exc)
+    if isinstance(connected, OSError | ValueError):
+        log.error("cannot connect to the system bus: %s", connected)
         return 1
+    if isinstance(connected, BaseException):
+        raise connected
+    bus: MessageBus | None = connected
     assert bus is not None
     bus_id = await transport.bus_id(bus)
     steps.step("opened the store and connected to the bus")
