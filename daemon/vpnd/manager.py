@@ -818,7 +818,7 @@ class Manager:
             private_key=connectable.private_key,
             user_pass=connectable.user_pass,
         )
-        connection.steps.step("openvpn started and answered the handshake")
+        connection.steps.step("openvpn started and released from its hold")
         await self._until_settled(connection, None if connection.prefer_tcp else self._udp_grace)
 
     def woke(self) -> None:
