@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -185,6 +184,12 @@ def _coerce(key: str, value: Any, source: str) -> Any:
 
 def parse(text: str, source: str = "vpnd.toml") -> dict[str, Any]:
     """Read settings from TOML text; unknown keys and bad values are errors."""
+    if not text.replace("\r\n", "\n").strip(" \t\n"):
+        # No settings file, as by default (TOML's own whitespace only): the
+        # parser is not even loaded.
+        return {}
+    import tomllib
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

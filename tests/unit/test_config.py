@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vpnd import config
 from vpnd.errors import InvalidArgument
@@ -17,6 +20,18 @@ def test_defaults_when_the_default_file_is_absent(
     settings = config.load(None)
     assert settings.state_dir == Path("/var/lib/vpnd")
     assert settings.client_id == "org.eduvpn.app.linux"
+
+
+@given(st.text(alphabet=" \t\r\n\x0b\x0c\xa0\u2028#", max_size=12))
+def test_a_blank_file_reads_as_the_toml_parser_reads_it(text: str) -> None:
+    # Blank text is read without loading the parser: it must agree with it.
+    try:
+        expected = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        with pytest.raises(InvalidArgument):
+            config.parse(text)
+    else:
+        assert config.parse(text) == expected == {}
 
 
 def test_file_then_overrides(tmp_path: Path) -> None:
