@@ -519,6 +519,56 @@ def test_valid_organizations_come_back_as_they_were(
     assert {o.secure_internet_home for o in parsed.organizations} <= {"https://h.example/"}
 
 
+_messy_texts = st.sampled_from(["", " ", "Zürich", " Genève ", "a\tb", "x" * 1100, "東京大学"])
+_messy_maps = st.dictionaries(
+    st.sampled_from(["en", "nl", "de-DE", "not a tag", "fr_CA"]), _messy_texts | json_values
+)
+_messy_organizations = st.lists(
+    st.fixed_dictionaries(
+        {
+            "org_id": st.sampled_from(["a", "b", "https://c.example/", "with space", ""])
+            | json_values,
+            "display_name": _messy_texts | _messy_maps | json_values,
+            "secure_internet_home": st.sampled_from(
+                ["https://h.example", "https://h.example/", "http://h.example/", "h.example"]
+            )
+            | json_values,
+        },
+        optional={"keyword_list": _messy_texts | _messy_maps | json_values},
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=300)
+@given(_messy_organizations)
+def test_reading_a_list_at_once_gives_what_reading_each_entry_gives(
+    entries: list[dict[str, Any]],
+) -> None:
+    # The list as JSON gives it (the reading at once keeps its maps).
+    raw = json.loads(json.dumps(entries))
+    at_once = d._organizations_at_once(raw, d._Reader(d.ORGANIZATION_LIST))
+    try:
+        each: tuple[d.Organization, ...] | None = d._organizations_each(
+            json.loads(json.dumps(entries)), d._Reader(d.ORGANIZATION_LIST)
+        )
+    except MalformedList:
+        each = None
+    if at_once is not None:
+        # What it reads at once, it reads as each entry would be read; what
+        # it does not, is left to the reading of each entry.
+        assert at_once == each
+    if each is not None:
+        assert d.parse_organization_list(organization_list(1, entries)).organizations == each
+
+
+def test_a_list_that_needs_cleaning_is_read_entry_by_entry() -> None:
+    entry = {**ORGANIZATIONS[1], "display_name": " Universiteit van Amsterdam "}
+    assert d._organizations_at_once([entry], d._Reader(d.ORGANIZATION_LIST)) is None
+    parsed = d.parse_organization_list(organization_list(1, [entry]))
+    assert parsed.organizations[0].display_name == "Universiteit van Amsterdam"
+
+
 # --- legacy instance lists --------------------------------------------------------------
 
 

@@ -33,7 +33,6 @@ import operator
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from vpnd.protocols import lang
@@ -43,6 +42,10 @@ from vpnd.protocols.discovery import (
     Organization,
     Translated,
 )
+
+_ORG_ID = operator.attrgetter("org_id")
+_DISPLAY_NAME = operator.attrgetter("display_name")
+_KEYWORD_LIST = operator.attrgetter("keyword_list")
 
 INSTITUTE_ACCESS_KIND = "institute-access"
 ORGANIZATION_KIND = "organization"
@@ -90,6 +93,8 @@ _ASCII_BREAKS = bytes.maketrans(_ASCII_SPACED, b" " * len(_ASCII_SPACED))
 _SEPARATOR = "\x00"
 # Separates an entry's texts in the one text the index keeps of them; a break.
 _MARK = "\x01"
+# Separates texts folded together token by token: a token of its own, and none of a text.
+_SEP = _MARK + _MARK
 _LAST_CHAR = "\U0010ffff"
 
 
@@ -180,6 +185,30 @@ def _normalize_all(texts: Sequence[str]) -> list[str]:
     return result
 
 
+def _normalize_many(texts: Sequence[str]) -> list[str]:
+    """normalize() of each of many texts, folding each distinct token once.
+
+    Folding a text is folding each of its whitespace-separated tokens, as
+    nothing folding does crosses whitespace, and a list's texts share most
+    of their tokens (the words of "University of …" in every entry): the
+    texts are joined and split at whitespace, the distinct tokens folded at
+    once (_normalize_all), and the texts put together again, all by C-level
+    joining, splitting and mapping."""
+    joined = f" {_SEP} ".join(texts)
+    if joined.count(_MARK) != 2 * (len(texts) - 1):
+        # A text holds the mark the separator is made of (never one of a list).
+        return _normalize_all(texts)
+    tokens = joined.split()
+    distinct = list(set(tokens))
+    folded = dict(zip(distinct, _normalize_all(distinct), strict=True))
+    folded[_SEP] = _SEP
+    # A token that folds to nothing (punctuation alone) leaves two spaces.
+    spaced = " ".join(map(folded.__getitem__, tokens))
+    while "  " in spaced:
+        spaced = spaced.replace("  ", " ")
+    return list(map(str.strip, spaced.split(_SEP)))
+
+
 def _texts(value: Translated) -> list[str]:
     if isinstance(value, str):
         return [value] if value else []
@@ -208,29 +237,41 @@ def within_one_edit(a: str, b: str) -> bool:
 # --- entries and hits ------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One searchable thing: a server of the server list or an organization.
 
     `ident` is what a client adds it by: the base URL of a server, the org_id
-    of an organization."""
+    of an organization. (A tuple: a list makes thousands in one go; `source`
+    plays no part in comparisons.)"""
 
     kind: str
     ident: str
     display_name: Translated
     keyword_list: Translated = ""
     country_code: str = ""
-    source: DiscoveredServer | Organization | None = field(default=None, compare=False)
+    source: DiscoveredServer | Organization | None = None
 
     def name(self, preferred: Sequence[str]) -> str:
         """The display name in the best of the preferred languages (the country
         code for a secure-internet server without a name)."""
         return lang.choose(self.display_name, preferred) or self.country_code or self.ident
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Entry):
+            return NotImplemented
+        return self[:5] == other[:5]
+
+    def __ne__(self, other: object) -> bool:
+        if not isinstance(other, Entry):
+            return NotImplemented
+        return self[:5] != other[:5]
+
+    def __hash__(self) -> int:
+        return hash(self[:5])
+
 
 def server_entries(servers: Iterable[DiscoveredServer]) -> list[Entry]:
     """The entries of a server list (or of a legacy instance list)."""
-    # Positional arguments: this runs for every one of thousands of entries.
     return [
         Entry(
             SECURE_INTERNET_KIND
@@ -248,10 +289,22 @@ def server_entries(servers: Iterable[DiscoveredServer]) -> list[Entry]:
 
 def organization_entries(organizations: Iterable[Organization]) -> list[Entry]:
     """The entries of an organization list."""
-    return [
-        Entry(ORGANIZATION_KIND, org.org_id, org.display_name, org.keyword_list, "", org)
-        for org in organizations
-    ]
+    given = list(organizations)
+    # Made as tuples in one C-level pass: lists hold thousands.
+    return list(
+        map(
+            tuple.__new__,
+            itertools.repeat(Entry),
+            zip(
+                itertools.repeat(ORGANIZATION_KIND),
+                map(_ORG_ID, given),
+                map(_DISPLAY_NAME, given),
+                map(_KEYWORD_LIST, given),
+                itertools.repeat(""),
+                given,
+            ),
+        )
+    )
 
 
 class Hit(NamedTuple):
@@ -501,6 +554,29 @@ def _having(entries: Iterable[int], docs: list[str], needles: list[str]) -> set[
     return kept
 
 
+def _all_names(entries: Sequence[Entry]) -> tuple[list[list[str]], list[str]]:
+    """_names() of each entry, most of them without a call per entry."""
+    displays = list(map(_DISPLAY_NAME, entries))
+    names = [[value] if value.__class__ is str else list(value.values()) for value in displays]
+    primaries = [value if value.__class__ is str else value.get("en") for value in displays]
+    # An empty name, a map without "en" (or with an empty one): the few left.
+    missing = [n for n, primary in enumerate(primaries) if not primary]
+    maps = [displays[n] for n in missing]
+    tags = set(itertools.chain.from_iterable(value for value in maps if value.__class__ is dict))
+    if all(value.__class__ is dict and value for value in maps) and not any(
+        tag[:2].lower() == "en" for tag in tags
+    ):
+        # No English name among them: each one's first language (by tag).
+        firsts = [value[min(value)] for value in maps]
+        if all(firsts):
+            for n, primary in zip(missing, firsts, strict=True):
+                primaries[n] = primary
+            return names, primaries
+    for n in missing:
+        names[n], primaries[n] = _names(entries[n])
+    return names, primaries
+
+
 def _names(entry: Entry) -> tuple[list[str], str]:
     """The texts of an entry's name (a fallback if none) and the one names are
     sorted by: the English one, else the first language's (by tag)."""
@@ -535,19 +611,19 @@ class SearchIndex:
     def __init__(self, entries: Iterable[Entry]) -> None:
         given = list(entries)
         size = len(given)
-        raw_names, primaries = zip(*map(_names, given), strict=True) if given else ((), ())
+        raw_names, primaries = _all_names(given)
         # Keywords often repeat from language to language: each text once.
-        raw_keywords = list(
-            map(
-                list,
-                map(dict.fromkeys, map(_texts, map(operator.attrgetter("keyword_list"), given))),
-            )
-        )
+        raw_keywords = [
+            ([value] if value else [])
+            if value.__class__ is str
+            else list(dict.fromkeys(value.values()))
+            for value in map(_KEYWORD_LIST, given)
+        ]
         names_flat, name_owner = _flatten(raw_names)
         keywords_flat = list(itertools.chain.from_iterable(raw_keywords))
         # Every distinct text once (languages repeat one another), normalized at once.
         distinct = list(dict.fromkeys(itertools.chain(names_flat, keywords_flat)))
-        folded = dict(zip(distinct, _normalize_all(distinct), strict=True))
+        folded = dict(zip(distinct, _normalize_many(distinct), strict=True))
         get = folded.__getitem__
         sort_names = list(map(get, primaries))
         # Entries are numbered in the order equal hits are shown.
