@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import signal
@@ -11,6 +12,7 @@ import socket
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from vpnd import __version__, config
@@ -139,6 +141,17 @@ def _launcher(choice: str) -> Launcher:
                 else "give the daemon these capabilities",
             )
     return ChildLauncher()
+
+
+def _load_ahead(loop: asyncio.AbstractEventLoop, module: str) -> None:
+    """Import `module` in a worker thread after READY, so that the first use
+    does not wait for it; the event loop keeps answering meanwhile."""
+
+    def done(loading: asyncio.Future[ModuleType]) -> None:
+        if not loading.cancelled() and loading.exception() is not None:
+            log.warning("could not load %s ahead: %s", module, loading.exception())
+
+    loop.run_in_executor(None, importlib.import_module, module).add_done_callback(done)
 
 
 def _prepare_runtime_dir(path: Path) -> None:
@@ -362,6 +375,9 @@ async def run(settings: config.Settings, steps: Steps | None = None) -> int:
     )
     log.info("vpnd %s ready on the system bus as %s", __version__, BUS_NAME)
     discovery.start()
+    # The OpenVPN tunnel and its management protocol: not needed for READY,
+    # but the first connect spawns openvpn as soon as it starts.
+    _load_ahead(loop, "vpnd.tunnel.openvpn")
     # Loaded after READY: it is not needed to answer on the bus.
     from vpnd.netwatch import NetworkWatch
 
