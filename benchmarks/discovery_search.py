@@ -21,23 +21,26 @@ scripts (Latin with accents, Greek, Cyrillic, Japanese) and signs it
   first use (keyword texts, substring and typo look-ups) is reported apart.
 
 The same again for 2,000 organizations. Figures, not pass/fail; recorded in
-benchmarks/RESULTS.md ("stop 18"). On the shared 2-core development machine
-(CPython 3.11.7, load average 1.2 to 2.5 from other people's tests), 5,000
-organizations (1.5 MB), `--rounds 11 --repeat 5`:
+benchmarks/RESULTS.md ("stop 18", "stop 19"). On the shared 2-core
+development machine (CPython 3.11.7, load average 0.7 to 1.3 from other
+people's tests), 5,000 organizations (1.5 MB), `--rounds 11 --repeat 5`:
 
-    verify 4.4-5.1 ms, parse 67-121 ms, index 164-331 ms (medians of runs)
-    search, 370 queries: median 0.33-0.41 ms, p99 0.90-1.10 ms, max 1.0-1.4 ms
-    (with --repeat 1: CPU p99 1.09-1.14 ms)
+    verify 2.6-3.7 ms, parse 44-56 ms, index 168-212 ms (medians of runs)
+    search, 370 queries: median 0.32-0.44 ms, p99 0.85-1.31 ms, max 1.0-1.5 ms
 
-The search was 0.95 ms median and 4.1 ms p99 before. The build barely
-moved (callgrind: 1,060 against 1,124 million instructions for verify +
-parse + index) and stays far over the issue's 50 ms: decoding the JSON
-(17-23 ms here) and folding every name and keyword (NFKD, case folding,
-stripping combining marks from some 300,000 non-ASCII characters: 20-30
-ms) already take most of it, before any postings are sorted. The daemon
-verifies, parses and indexes in a worker thread, so the event loop keeps
-serving, and searches use the previous index until the new one is ready;
-the organization list is downloaded only when someone searches for an
+Wall times swing by half from run to run here; instructions do not
+(callgrind, less the same process without the work): verify + parse +
+entries + index 892 million, against 1,031 million before stop 19 (parse
+252 -> 210, of which JSON decoding 102; entries 57 -> 15; index 680 ->
+639); the 370 queries 659 against 655 million. The build stays far over
+the issue's 50 ms: JSON decoding (17-25 ms here), folding every name and
+keyword (NFKD, case folding, stripping combining marks: 20-30 ms) and
+sorting some 70,000 (word, entry) postings (15 ms) each take a large part
+of it, and what is left is C-level passes over tens of thousands of
+strings at 50-100 ns an item on this machine. The daemon verifies, parses
+and indexes in a worker thread, so the event loop keeps serving, and
+searches use the previous index until the new one is ready; the
+organization list is downloaded only when someone searches for an
 organization, so its build is on that first search's path.
 """
 
