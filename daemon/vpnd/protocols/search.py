@@ -93,8 +93,6 @@ _ASCII_BREAKS = bytes.maketrans(_ASCII_SPACED, b" " * len(_ASCII_SPACED))
 _SEPARATOR = "\x00"
 # Separates an entry's texts in the one text the index keeps of them; a break.
 _MARK = "\x01"
-# Separates texts folded together token by token: a token of its own, and none of a text.
-_SEP = _MARK + _MARK
 _LAST_CHAR = "\U0010ffff"
 
 
@@ -183,30 +181,6 @@ def _normalize_all(texts: Sequence[str]) -> list[str]:
         for n, text in zip(group, map(str.strip, spaced.split(_SEPARATOR)), strict=True):
             result[n] = text
     return result
-
-
-def _normalize_many(texts: Sequence[str]) -> list[str]:
-    """normalize() of each of many texts, folding each distinct token once.
-
-    Folding a text is folding each of its whitespace-separated tokens, as
-    nothing folding does crosses whitespace, and a list's texts share most
-    of their tokens (the words of "University of …" in every entry): the
-    texts are joined and split at whitespace, the distinct tokens folded at
-    once (_normalize_all), and the texts put together again, all by C-level
-    joining, splitting and mapping."""
-    joined = f" {_SEP} ".join(texts)
-    if joined.count(_MARK) != 2 * (len(texts) - 1):
-        # A text holds the mark the separator is made of (never one of a list).
-        return _normalize_all(texts)
-    tokens = joined.split()
-    distinct = list(set(tokens))
-    folded = dict(zip(distinct, _normalize_all(distinct), strict=True))
-    folded[_SEP] = _SEP
-    # A token that folds to nothing (punctuation alone) leaves two spaces.
-    spaced = " ".join(map(folded.__getitem__, tokens))
-    while "  " in spaced:
-        spaced = spaced.replace("  ", " ")
-    return list(map(str.strip, spaced.split(_SEP)))
 
 
 def _texts(value: Translated) -> list[str]:
@@ -623,7 +597,7 @@ class SearchIndex:
         keywords_flat = list(itertools.chain.from_iterable(raw_keywords))
         # Every distinct text once (languages repeat one another), normalized at once.
         distinct = list(dict.fromkeys(itertools.chain(names_flat, keywords_flat)))
-        folded = dict(zip(distinct, _normalize_many(distinct), strict=True))
+        folded = dict(zip(distinct, _normalize_all(distinct), strict=True))
         get = folded.__getitem__
         sort_names = list(map(get, primaries))
         # Entries are numbered in the order equal hits are shown.
