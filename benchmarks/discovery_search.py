@@ -30,9 +30,9 @@ people's tests), 5,000 organizations (1.5 MB), `--rounds 11 --repeat 5`:
 
 Wall times swing by half from run to run here; instructions do not
 (callgrind, less the same process without the work): verify + parse +
-entries + index 892 million, against 1,031 million before stop 19 (parse
-252 -> 210, of which JSON decoding 102; entries 57 -> 15; index 680 ->
-639); the 370 queries 659 against 655 million. The build stays far over
+entries + index 916 million, against 1,031 million before stop 19 (parse
+252 -> 212, of which JSON decoding 102; entries 57 -> 15; index 680 ->
+667); the 370 queries 659 against 655 million. The build stays far over
 the issue's 50 ms: JSON decoding (17-25 ms here), folding every name and
 keyword (NFKD, case folding, stripping combining marks: 20-30 ms) and
 sorting some 70,000 (word, entry) postings (15 ms) each take a large part
