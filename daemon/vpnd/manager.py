@@ -36,6 +36,7 @@ from vpnd.errors import (
 )
 from vpnd.protocols import lang
 from vpnd.protocols.connstate import ConnectionMachine, Event, State
+from vpnd.protocols.documents import normalize_base_url
 from vpnd.providers import Families
 from vpnd.providers.base import Connectable, Family, PendingAuthorization, Provider, Session
 from vpnd.steps import Steps
@@ -319,11 +320,9 @@ class Manager:
         query = query.strip()
         if not query or len(query) > 2048:
             raise InvalidArgument("name a server by its URL or host name")
-        from vpnd.protocols import eduvpn
-
         servers = self.servers_of(owner)
         try:
-            url = eduvpn.normalize_base_url(query)
+            url = normalize_base_url(query)
         except InvalidArgument:
             url = ""
         for matches in (
@@ -346,9 +345,7 @@ class Manager:
         """Add a server after finding out which API it speaks (or checking `kind`'s).
 
         `org_id` names the organization a secure-internet home server is added for."""
-        from vpnd.protocols import eduvpn
-
-        base_url = eduvpn.normalize_base_url(url)
+        base_url = normalize_base_url(url)
         self._check_can_add(owner, base_url)
         if kind is None:
             family, _endpoints = await self._families.detect(base_url)
@@ -604,9 +601,7 @@ class Manager:
             raise InvalidArgument(
                 f"{server.host} is not a secure-internet server; it has no other locations"
             )
-        from vpnd.protocols import eduvpn
-
-        location = eduvpn.normalize_base_url(location) if location else ""
+        location = normalize_base_url(location) if location else ""
         if location == server.url:
             location = ""
         if server.record.location == location:
